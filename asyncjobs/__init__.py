@@ -1,0 +1,70 @@
+"""asyncjobs: an asyncio job framework on PostgreSQL.
+
+Typed jobs, cluster-wide concurrency limits, fenced completions, trace trees of child runs.
+``__all__`` is the public API; everything else may change without notice.
+"""
+
+from asyncjobs.app import App as App
+from asyncjobs.client import Client as Client
+from asyncjobs.client import Run as Run
+from asyncjobs.context import Context as Context
+from asyncjobs.context import get_context as get_context
+from asyncjobs.errors import AsyncJobsError as AsyncJobsError
+from asyncjobs.errors import ConfigurationError as ConfigurationError
+from asyncjobs.errors import DatabaseError as DatabaseError
+from asyncjobs.errors import DatabaseUnavailable as DatabaseUnavailable
+from asyncjobs.errors import DuplicateRun as DuplicateRun
+from asyncjobs.errors import EmbeddedPostgresError as EmbeddedPostgresError
+from asyncjobs.errors import InvalidArguments as InvalidArguments
+from asyncjobs.errors import JobTimeout as JobTimeout
+from asyncjobs.errors import RunCancelled as RunCancelled
+from asyncjobs.errors import RunError as RunError
+from asyncjobs.errors import RunExpired as RunExpired
+from asyncjobs.errors import RunFailed as RunFailed
+from asyncjobs.errors import RunNotFound as RunNotFound
+from asyncjobs.errors import RunTimeout as RunTimeout
+from asyncjobs.errors import SchemaMismatch as SchemaMismatch
+from asyncjobs.errors import UnknownJob as UnknownJob
+from asyncjobs.jobs import Job as Job
+from asyncjobs.jobs import RunOptions as RunOptions
+from asyncjobs.retry import RetryPolicy as RetryPolicy
+from asyncjobs.runs import RunEvent as RunEvent
+from asyncjobs.runs import RunPage as RunPage
+from asyncjobs.runs import RunRecord as RunRecord
+from asyncjobs.runs import RunStatus as RunStatus
+from asyncjobs.runs import Trigger as Trigger
+from asyncjobs.worker import Worker as Worker
+from asyncjobs.worker import WorkerStats as WorkerStats
+
+__all__ = (
+    "App",
+    "AsyncJobsError",
+    "Client",
+    "ConfigurationError",
+    "Context",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DuplicateRun",
+    "EmbeddedPostgresError",
+    "InvalidArguments",
+    "Job",
+    "JobTimeout",
+    "RetryPolicy",
+    "Run",
+    "RunCancelled",
+    "RunError",
+    "RunEvent",
+    "RunExpired",
+    "RunFailed",
+    "RunNotFound",
+    "RunOptions",
+    "RunPage",
+    "RunRecord",
+    "RunStatus",
+    "RunTimeout",
+    "SchemaMismatch",
+    "Trigger",
+    "UnknownJob",
+    "Worker",
+    "WorkerStats",
+)

@@ -1,0 +1,181 @@
+"""App: the registry of jobs and queues, and the factory of clients and workers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
+
+from asyncjobs.backends.base import Backend, JobDefinition, QueueDefinition
+from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES
+from asyncjobs.context import Context
+from asyncjobs.errors import ConfigurationError, UnknownJob
+from asyncjobs.jobs import DEFAULT_QUEUE, Job
+from asyncjobs.retry import RetryOn, RetryPolicy
+
+if TYPE_CHECKING:
+    from asyncjobs.client import Client
+    from asyncjobs.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+JobFunction = Callable[P, Awaitable[R]]
+ContextJobFunction = Callable[Concatenate[Context, P], Awaitable[R]]
+
+
+class App:
+    """Collects ``@app.job`` functions and queue limits; opens clients and workers.
+
+    ::
+
+        app = App("shop")
+        app.queue("emails", max_concurrency=5)
+
+        @app.job(queue="emails", max_concurrency=2, retries=3, timeout=30)
+        async def send_receipt(order_id: int, email: str) -> str: ...
+    """
+
+    def __init__(self, name: str, *, max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> None:
+        self.name = name
+        self.max_args_bytes = max_args_bytes
+        self.jobs: dict[str, Job[Any, Any]] = {}
+        self._aliases: dict[str, str] = {}
+        self.queues: dict[str, QueueDefinition] = {
+            DEFAULT_QUEUE: QueueDefinition(DEFAULT_QUEUE, None)
+        }
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r} jobs={sorted(self.jobs)}>"
+
+    def queue(self, name: str, *, max_concurrency: int | None = None) -> None:
+        """Declare a queue; ``max_concurrency`` caps its running runs across all workers."""
+        if not name or len(name) > 200:
+            raise ConfigurationError("queue name must be 1 to 200 characters")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigurationError(f"queue {name!r}: max_concurrency must be at least 1")
+        self.queues[name] = QueueDefinition(name, max_concurrency)
+
+    @overload
+    def job(self, fn: ContextJobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(self, fn: JobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_concurrency: int | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: RetryOn = (Exception,),
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        timeout: float | None = None,
+        aliases: Sequence[str] = (),
+    ) -> _JobDecorator: ...
+
+    def job(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = DEFAULT_QUEUE,
+        max_concurrency: int | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: RetryOn = (Exception,),
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        timeout: float | None = None,
+        aliases: Sequence[str] = (),
+    ) -> Job[Any, Any] | _JobDecorator:
+        """Register an async function as a job, bare (``@app.job``) or with options."""
+
+        def register(function: Callable[..., Awaitable[Any]]) -> Job[Any, Any]:
+            job: Job[Any, Any] = Job(
+                function,
+                name=name or function.__name__,
+                queue=queue,
+                max_concurrency=max_concurrency,
+                priority=priority,
+                retry=RetryPolicy(retries, backoff_base, backoff_cap, retry_on),
+                timeout=timeout,
+                max_args_bytes=self.max_args_bytes,
+                aliases=aliases,
+            )
+            self._add(job)
+            return job
+
+        if fn is not None:
+            return register(fn)
+        return _JobDecorator(register)
+
+    def _add(self, job: Job[Any, Any]) -> None:
+        if not job.name or len(job.name) > 200:
+            raise ConfigurationError("job name must be 1 to 200 characters")
+        for taken in (job.name, *job.aliases):
+            if taken in self.jobs or taken in self._aliases:
+                raise ConfigurationError(f"a job named {taken!r} is already registered")
+        self.jobs[job.name] = job
+        self._aliases.update(dict.fromkeys(job.aliases, job.name))
+        self.queues.setdefault(job.queue, QueueDefinition(job.queue, None))
+
+    def get_job(self, name: str | Job[Any, Any]) -> Job[Any, Any]:
+        """A registered job by name or alias; raises ``UnknownJob``."""
+        if isinstance(name, Job):
+            return name
+        job = self.jobs.get(self._aliases.get(name, name))
+        if job is None:
+            raise UnknownJob(name)
+        return job
+
+    def definitions(self) -> tuple[list[QueueDefinition], list[JobDefinition]]:
+        jobs = [
+            JobDefinition(j.name, j.queue, j.max_concurrency, j.args.json_schema())
+            for j in self.jobs.values()
+        ]
+        return list(self.queues.values()), jobs
+
+    def backend(self, dsn: str | Backend, **options: Any) -> Backend:
+        """A backend for a DSN (``postgresql://...`` or ``memory://``), or the one given."""
+        if not isinstance(dsn, str):
+            return dsn
+        if dsn.startswith("memory://"):
+            from asyncjobs.backends.memory import MemoryBackend
+
+            return MemoryBackend()
+        from asyncjobs.backends.postgres import PostgresBackend
+
+        return PostgresBackend(dsn, **options)
+
+    def client(self, dsn: str | Backend, **options: Any) -> Client:
+        """``async with app.client(dsn) as client``; options go to the backend."""
+        from asyncjobs.client import Client
+
+        return Client(self, self.backend(dsn, **options))
+
+    def worker(self, dsn: str | Backend, **options: Any) -> Worker:
+        """A worker for this app (see ``Worker`` for the options)."""
+        from asyncjobs.worker import Worker
+
+        return Worker(self, dsn, **options)
+
+
+class _JobDecorator:
+    """What ``@app.job(...)`` returns: applied to a function, registers it."""
+
+    def __init__(self, register: Callable[[Callable[..., Awaitable[Any]]], Job[Any, Any]]) -> None:
+        self._register = register
+
+    @overload
+    def __call__(self, fn: ContextJobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def __call__(self, fn: JobFunction[P, R], /) -> Job[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Awaitable[Any]], /) -> Job[Any, Any]:
+        return self._register(fn)

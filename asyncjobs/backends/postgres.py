@@ -1,0 +1,450 @@
+"""PostgreSQL backend on asyncpg: one pool for queries plus one dedicated LISTEN connection.
+
+Works behind PgBouncer in transaction mode when ``pgbouncer=True`` (no prepared statement
+cache; only transaction-scoped advisory locks are used anywhere) as long as ``listen_dsn``
+points at the server directly, since LISTEN needs a session of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import asyncpg
+import orjson
+
+from asyncjobs import sql
+from asyncjobs.backends.base import (
+    Completion,
+    Enqueued,
+    Heartbeat,
+    JobDefinition,
+    Listener,
+    NewRun,
+    QueueDefinition,
+    RunFilter,
+    SweepResult,
+    WorkerInfo,
+)
+from asyncjobs.backends.listener import PostgresListener
+from asyncjobs.codec import dumps
+from asyncjobs.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    DuplicateRun,
+    InvalidArguments,
+    SchemaMismatch,
+)
+from asyncjobs.runs import RunEvent, RunRecord, RunStatus, Trigger
+
+logger = logging.getLogger(__name__)
+
+Q = sql.QUERIES
+
+# Check constraints whose violation means the caller passed something wrong.
+_INPUT_CONSTRAINTS = {
+    "runs_job_check": "job name must be 1 to 200 characters",
+    "runs_queue_check": "queue name must be 1 to 200 characters",
+    "runs_dedup_id_check": "dedup_id must be 1 to 200 characters",
+    "queues_name_check": "queue name must be 1 to 200 characters",
+    "jobs_name_check": "job name must be 1 to 200 characters",
+}
+# Invariants the code itself must keep; a violation is a bug, reported as DatabaseError.
+_INVARIANT_CONSTRAINTS = frozenset(
+    {
+        "runs_running_has_lease",
+        "runs_terminal_has_finish",
+        "runs_attempt_check",
+        "runs_max_attempts_check",
+        "runs_progress_check",
+        "queues_max_concurrency_check",
+        "jobs_max_concurrency_check",
+    }
+)
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place where asyncpg exceptions become asyncjobs exceptions."""
+    try:
+        yield
+    except asyncpg.CheckViolationError as exc:
+        message = _INPUT_CONSTRAINTS.get(exc.constraint_name or "")
+        if message is not None:
+            raise InvalidArguments(message) from exc
+        raise DatabaseError(f"constraint {exc.constraint_name} violated: {exc}") from exc
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+        raise SchemaMismatch(
+            f"the asyncjobs schema is missing or outdated ({exc}); run `asyncjobs migrate`"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise DatabaseUnavailable(f"database connection lost: {exc}") from exc
+        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+    except _CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda value: value if isinstance(value, str) else dumps(value),
+        decoder=orjson.loads,
+        format="text",
+    )
+
+
+def _record(row: asyncpg.Record) -> RunRecord:
+    data = dict(row)
+    data["status"] = RunStatus(data["status"])
+    data["trigger"] = Trigger(data["trigger"])
+    return RunRecord(**data)
+
+
+class PostgresBackend:
+    """Backend over a PostgreSQL database (see the module docstring for PgBouncer)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        listen_dsn: str | None = None,
+        min_pool_size: int = 1,
+        max_pool_size: int = 10,
+        pgbouncer: bool = False,
+        migrate: bool = False,
+    ) -> None:
+        self.dsn = dsn
+        self.listen_dsn = listen_dsn or dsn
+        self._pool_sizes = (min_pool_size, max_pool_size)
+        self._pgbouncer = pgbouncer
+        self._migrate_on_open = migrate
+        self._pool: asyncpg.Pool | None = None
+        self._listener = PostgresListener(self.listen_dsn, "asyncjobs")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        with translate_errors():
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._pool_sizes[0],
+                max_size=self._pool_sizes[1],
+                init=_init_connection,
+                statement_cache_size=0 if self._pgbouncer else 100,
+            )
+        try:
+            if self._migrate_on_open:
+                await self.migrate()
+            await self._check_schema()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await self._listener.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the backend is not open; use `async with` on the client/worker")
+        return self._pool
+
+    async def migrate(self) -> int:
+        """Install the schema (fresh database) or apply the missing migrations, in one
+        transaction under an advisory lock, so concurrent starters cannot both migrate."""
+        with translate_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "asyncjobs:migrate"
+                )
+                if not await conn.fetchval(Q["schema_installed"].text):
+                    logger.info("installing the asyncjobs schema (version %d)", sql.SCHEMA_VERSION)
+                    await conn.execute(sql.SCHEMA)
+                    return sql.SCHEMA_VERSION
+                current = await conn.fetchval(Q["schema_version"].text)
+                for migration in sql.MIGRATIONS[current:]:
+                    logger.info("applying migration %04d_%s", migration.version, migration.name)
+                    await conn.execute(migration.text)
+        return sql.SCHEMA_VERSION
+
+    async def _check_schema(self) -> None:
+        installed = await self._fetchval("schema_installed")
+        version = await self._fetchval("schema_version") if installed else None
+        if version != sql.SCHEMA_VERSION:
+            found = "not installed" if version is None else f"at version {version}"
+            raise SchemaMismatch(
+                f"the asyncjobs schema is {found}, this code needs version "
+                f"{sql.SCHEMA_VERSION}: run `asyncjobs migrate` (or open with migrate=True)"
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        with translate_errors():
+            return await self.pool.fetch(Q[name].text, *args)
+
+    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        with translate_errors():
+            return await self.pool.fetchrow(Q[name].text, *args)
+
+    async def _fetchval(self, name: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self.pool.fetchval(Q[name].text, *args)
+
+    async def _execute(self, name: str, *args: Any) -> None:
+        with translate_errors():
+            await self.pool.execute(Q[name].text, *args)
+
+    # ------------------------------------------------------------------ definitions
+
+    async def register_definitions(
+        self, queues: Sequence[QueueDefinition], jobs: Sequence[JobDefinition]
+    ) -> None:
+        await self._execute(
+            "register_definitions",
+            [q.name for q in queues],
+            [q.max_concurrency for q in queues],
+            [j.name for j in jobs],
+            [j.queue for j in jobs],
+            [j.max_concurrency for j in jobs],
+            [dumps(j.args_schema) for j in jobs],
+        )
+
+    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
+        query = {"job": "set_job_enabled", "queue": "set_queue_enabled"}[kind]
+        return await self._fetchval(query, name, enabled) is not None
+
+    # ------------------------------------------------------------------ runs
+
+    async def enqueue(
+        self, runs: Sequence[NewRun], *, reject_duplicates: bool = False
+    ) -> list[Enqueued]:
+        if not runs:
+            return []
+        if not reject_duplicates or not any(r.dedup_id for r in runs):
+            return await self._match_enqueued(runs, await self._insert(self.pool, runs))
+        # All or nothing: insert in a transaction and roll it back on any duplicate.
+        with translate_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await self._insert(conn, runs)
+                if len(rows) < len(runs):
+                    holder = await self._first_duplicate(conn, runs, rows)
+                    if holder is not None:
+                        raise holder
+                return await self._match_enqueued(runs, rows)
+
+    async def _first_duplicate(
+        self, conn: asyncpg.Connection, runs: Sequence[NewRun], rows: list[asyncpg.Record]
+    ) -> DuplicateRun | None:
+        inserted = {(row["job"], row["dedup_id"]) for row in rows}
+        skipped = [r for r in runs if r.dedup_id and (r.job, r.dedup_id) not in inserted]
+        found = await conn.fetch(
+            Q["active_run_ids_by_dedup"].text,
+            [r.job for r in skipped],
+            [r.dedup_id for r in skipped],
+        )
+        for row in found:
+            return DuplicateRun(row["job"], row["dedup_id"], row["id"])
+        return None
+
+    @staticmethod
+    async def _insert(
+        conn: asyncpg.Pool | asyncpg.Connection, runs: Sequence[NewRun]
+    ) -> list[asyncpg.Record]:
+        with translate_errors():
+            return await conn.fetch(
+                Q["enqueue_runs"].text,
+                [r.job for r in runs],
+                [r.queue for r in runs],
+                [r.args_json for r in runs],
+                [r.priority for r in runs],
+                [r.not_before for r in runs],
+                [r.not_after for r in runs],
+                [r.dedup_id for r in runs],
+                [r.max_attempts for r in runs],
+                [r.parent_run_id for r in runs],
+                [r.root_run_id for r in runs],
+                [r.trigger.value for r in runs],
+            )
+
+    async def _match_enqueued(
+        self, runs: Sequence[NewRun], rows: list[asyncpg.Record]
+    ) -> list[Enqueued]:
+        """Pair inputs with new ids (in order); skipped ones get their dedup holder's id."""
+        if len(rows) == len(runs):
+            return [Enqueued(row["id"], True) for row in rows]
+        created = {(row["job"], row["dedup_id"]): row["id"] for row in rows if row["dedup_id"]}
+        plain = iter(row["id"] for row in rows if not row["dedup_id"])
+        missing = [
+            (r.job, r.dedup_id) for r in runs if r.dedup_id and (r.job, r.dedup_id) not in created
+        ]
+        holders: dict[tuple[str, str], int] = {}
+        if missing:
+            found = await self._fetch(
+                "active_run_ids_by_dedup", [m[0] for m in missing], [m[1] for m in missing]
+            )
+            holders = {(row["job"], row["dedup_id"]): row["id"] for row in found}
+        results = []
+        for run in runs:
+            if not run.dedup_id:
+                results.append(Enqueued(next(plain), True))
+            elif (key := (run.job, run.dedup_id)) in created:
+                results.append(Enqueued(created.pop(key), True))
+            elif key in holders:
+                results.append(Enqueued(holders[key], False))
+            else:
+                # The holder finished between our insert and the lookup: the id is free now.
+                (retried,) = await self.enqueue([run])
+                results.append(retried)
+        return results
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        jobs: Sequence[str],
+        capacity: int,
+        lease_seconds: float,
+    ) -> list[RunRecord]:
+        rows = await self._fetch(
+            "claim_runs",
+            worker_id,
+            list(queues),
+            list(jobs),
+            capacity,
+            timedelta(seconds=lease_seconds),
+        )
+        return [_record(row) for row in rows]
+
+    async def complete(self, worker_id: str, completions: Sequence[Completion]) -> set[int]:
+        if not completions:
+            return set()
+        rows = await self._fetch(
+            "complete_runs",
+            worker_id,
+            [c.run_id for c in completions],
+            [c.attempt for c in completions],
+            [c.status.value for c in completions],
+            [c.result_json for c in completions],
+            [None if c.error is None else dumps(c.error) for c in completions],
+            [c.retry_in for c in completions],
+            [c.handback for c in completions],
+        )
+        return {row["id"] for row in rows}
+
+    async def heartbeat(
+        self, worker_id: str, runs: Sequence[tuple[int, int]], lease_seconds: float
+    ) -> Heartbeat:
+        row = await self._fetchrow(
+            "heartbeat",
+            worker_id,
+            [r[0] for r in runs],
+            [r[1] for r in runs],
+            timedelta(seconds=lease_seconds),
+        )
+        assert row is not None  # an aggregate always returns one row
+        return Heartbeat(
+            row["registered"], frozenset(row["kept"]), frozenset(row["cancel_requested"])
+        )
+
+    async def sweep(self, worker_ttl_seconds: float) -> SweepResult:
+        row = await self._fetchrow("sweep", timedelta(seconds=worker_ttl_seconds))
+        assert row is not None
+        return SweepResult(row["restarted"], row["failed"], row["expired"], row["workers_removed"])
+
+    async def cancel(self, run_id: int, cascade: bool) -> list[tuple[int, RunStatus]]:
+        rows = await self._fetch("cancel_runs", run_id, cascade)
+        return [(row["id"], RunStatus(row["status"])) for row in rows]
+
+    async def add_events(
+        self, worker_id: str, events: Sequence[tuple[int, int, str, dict[str, Any]]]
+    ) -> int:
+        if not events:
+            return 0
+        rows = await self._fetch(
+            "add_events",
+            worker_id,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+            [dumps(e[3]) for e in events],
+        )
+        return len(rows)
+
+    # ------------------------------------------------------------------ workers
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._execute(
+            "register_worker",
+            info.id,
+            info.host,
+            info.pid,
+            list(info.queues),
+            list(info.jobs),
+            info.concurrency,
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._execute("unregister_worker", worker_id)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_run(self, run_id: int) -> RunRecord | None:
+        row = await self._fetchrow("get_run", run_id)
+        return None if row is None else _record(row)
+
+    async def get_runs(self, where: RunFilter) -> list[RunRecord]:
+        rows = await self._fetch(
+            "get_runs",
+            where.job,
+            where.status,
+            where.parent_run_id,
+            where.root_run_id,
+            where.trigger,
+            where.before_id,
+            where.limit,
+        )
+        return [_record(row) for row in rows]
+
+    async def terminal_runs(self, run_ids: Sequence[int]) -> list[RunRecord]:
+        rows = await self._fetch("terminal_runs", list(run_ids))
+        return [_record(row) for row in rows]
+
+    async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]:
+        rows = await self._fetch("get_events", run_id, after_id, limit)
+        return [
+            RunEvent(
+                row["id"], row["run_id"], row["root_run_id"], row["at"], row["kind"], row["data"]
+            )
+            for row in rows
+        ]
+
+    # ------------------------------------------------------------------ notifications
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listener.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listener.remove(listener)

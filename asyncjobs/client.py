@@ -1,0 +1,308 @@
+"""Client: trigger runs, await their results, read and cancel them."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+import anyio
+
+from asyncjobs.backends.base import Backend, NewRun, RunFilter
+from asyncjobs.context import current_context
+from asyncjobs.errors import (
+    ConfigurationError,
+    InvalidArguments,
+    RunCancelled,
+    RunExpired,
+    RunFailed,
+    RunNotFound,
+    RunTimeout,
+)
+from asyncjobs.jobs import Job
+from asyncjobs.runs import RunEvent, RunPage, RunRecord, RunStatus, Trigger
+from asyncjobs.waiters import ResultWaiter
+
+if TYPE_CHECKING:
+    from asyncjobs.app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger(__name__)
+
+_current_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "asyncjobs_current_client", default=None
+)
+
+
+def current_client() -> Client:
+    """Inside a job: the worker's client. Elsewhere: the innermost open ``async with`` client."""
+    context = current_context.get()
+    if context is not None:
+        return context.client
+    client = _current_client.get()
+    if client is None:
+        raise RuntimeError(
+            "no asyncjobs client is open here: use `async with app.client(dsn) as client` "
+            "and call client.trigger_async(job, ...)"
+        )
+    return client
+
+
+@dataclass(frozen=True, eq=False)
+class Run(Generic[R]):
+    """A handle on one run. ``created`` is False when a dedup id returned an existing run."""
+
+    id: int
+    job: Job[Any, R]
+    created: bool
+    client: Client
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} of {self.job.name!r}>"
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the run to finish and return its typed result (see ``Client.run_async``)."""
+        return await self.client.wait_result(self.id, self.job, timeout)
+
+    async def get(self) -> RunRecord:
+        return await self.client.get_run(self.id)
+
+    async def cancel(self, cascade: bool = False) -> None:
+        await self.client.cancel(self.id, cascade=cascade)
+
+
+class Client:
+    """Talks to the queue. Open it with ``async with app.client(dsn) as client``."""
+
+    def __init__(self, app: App, backend: Backend, *, poll_interval: float = 1.0) -> None:
+        self.app = app
+        self.backend = backend
+        self._waiter = ResultWaiter(backend, poll_interval)
+        self._token: contextvars.Token[Client | None] | None = None
+        self._owns_backend = True
+
+    async def __aenter__(self) -> Client:
+        if self._owns_backend:
+            await self.backend.open()
+        await self._waiter.start()
+        self._token = _current_client.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            try:
+                _current_client.reset(self._token)
+            except ValueError:  # exited in another context than entered; nothing to restore
+                pass
+            self._token = None
+        await self._waiter.stop()
+        if self._owns_backend:
+            await self.backend.close()
+
+    # ------------------------------------------------------------------ triggering
+
+    @overload
+    async def trigger_async(
+        self, job: Job[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Run[R]: ...
+
+    @overload
+    async def trigger_async(self, job: str, /, *args: Any, **kwargs: Any) -> Run[Any]: ...
+
+    async def trigger_async(
+        self, job: Job[Any, Any] | str, /, *args: Any, **kwargs: Any
+    ) -> Run[Any]:
+        """Validate the arguments, enqueue a run and return its handle at once.
+
+        Raises ``UnknownJob``, ``InvalidArguments`` (nothing written) or ``DuplicateRun``.
+        """
+        resolved = self.app.get_job(job) if isinstance(job, str) else job
+        arguments = resolved.args.bind(args, kwargs)
+        (run,) = await self._enqueue(resolved, [resolved.args.encode(arguments)], Trigger.USER)
+        return run
+
+    async def trigger_json(
+        self, job: str, arguments: Mapping[str, Any], trigger: Trigger = Trigger.API
+    ) -> Run[Any]:
+        """Trigger by name with JSON-shaped arguments (HTTP API, other services)."""
+        resolved = self.app.get_job(job)
+        if not isinstance(arguments, Mapping):
+            raise InvalidArguments(f"{resolved.name}: arguments must be a JSON object")
+        (run,) = await self._enqueue(resolved, [resolved.args.encode_json(arguments)], trigger)
+        return run
+
+    async def trigger_many(
+        self, job: Job[P, R] | str, arguments: Iterable[Mapping[str, Any]]
+    ) -> list[Run[R]]:
+        """Enqueue many runs of one job in one round trip (all validated first).
+
+        With ``on_duplicate="raise"`` (the default) a dedup conflict writes nothing.
+        """
+        resolved = self.app.get_job(job) if isinstance(job, str) else job
+        encoded = [resolved.args.encode(resolved.args.bind((), a)) for a in arguments]
+        return await self._enqueue(resolved, encoded, Trigger.USER)
+
+    async def run_async(self, job: Job[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Trigger a run and wait for its typed result.
+
+        Raises ``RunFailed`` (with the remote error type, message and traceback),
+        ``RunCancelled``, ``RunExpired``, or ``RunTimeout`` when the job's
+        ``options(wait_timeout=...)`` passes first. Inside a job, the worker slot is given
+        back while waiting, so a parent never starves its own children.
+        """
+        run = await self.trigger_async(job, *args, **kwargs)
+        return await run.result(job.default_options.wait_timeout)
+
+    async def _enqueue(
+        self, job: Job[Any, R], encoded: list[str], trigger: Trigger
+    ) -> list[Run[R]]:
+        options = job.resolved_options()
+        parent = current_context.get()
+        if parent is not None and trigger is Trigger.USER:
+            trigger = Trigger.CHILD
+        now = datetime.now(UTC)
+        not_before = _absolute(options.not_before, now)
+        not_after = _absolute(options.not_after, now)
+        if not_before and not_after and not_after <= not_before:
+            raise InvalidArguments(f"{job.name}: not_after is not later than not_before")
+        assert options.queue is not None and options.priority is not None
+        new_runs = [
+            NewRun(
+                job=job.name,
+                queue=options.queue,
+                args_json=args_json,
+                priority=options.priority,
+                not_before=not_before,
+                not_after=not_after,
+                dedup_id=options.dedup_id,
+                max_attempts=job.retry.max_attempts,
+                parent_run_id=parent.run_id if parent else None,
+                root_run_id=parent.root_run_id if parent else None,
+                trigger=trigger,
+            )
+            for args_json in encoded
+        ]
+        if options.dedup_id is not None and len(new_runs) > 1:
+            raise InvalidArguments(f"{job.name}: one dedup_id cannot be shared by several runs")
+        enqueued = await self.backend.enqueue(
+            new_runs, reject_duplicates=options.on_duplicate == "raise"
+        )
+        return [Run(e.run_id, job, e.created, self) for e in enqueued]
+
+    # ------------------------------------------------------------------ waiting
+
+    async def wait_result(self, run_id: int, job: Job[Any, R], timeout: float | None = None) -> R:
+        record = await self.wait(run_id, timeout)
+        if record.status is RunStatus.SUCCEEDED:
+            return job.result.decode(record.result)  # type: ignore[no-any-return]
+        raise _run_error(record)
+
+    async def wait(self, run_id: int, timeout: float | None = None) -> RunRecord:
+        """Wait until the run is terminal and return it (no error for failed runs)."""
+        context = current_context.get()
+        with anyio.move_on_after(timeout) as scope:
+            if context is not None:
+                async with context.waiting():
+                    return await self._waiter.wait(run_id)
+            return await self._waiter.wait(run_id)
+        assert scope.cancelled_caught
+        raise RunTimeout(f"run {run_id} did not finish within {timeout} s", run_id)
+
+    # ------------------------------------------------------------------ reading
+
+    async def get_run(self, run_id: int) -> RunRecord:
+        record = await self.backend.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return record
+
+    async def get_runs(
+        self,
+        *,
+        job: str | None = None,
+        status: RunStatus | str | None = None,
+        parent_run_id: int | None = None,
+        root_run_id: int | None = None,
+        trigger: Trigger | str | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> RunPage:
+        """Runs newest first, filtered; pass ``page.next_cursor`` back for the next page."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArguments("limit must be between 1 and 1000")
+        where = RunFilter(
+            job=job,
+            status=None if status is None else _enum(RunStatus, status),
+            parent_run_id=parent_run_id,
+            root_run_id=root_run_id,
+            trigger=None if trigger is None else _enum(Trigger, trigger),
+            before_id=cursor,
+            limit=limit,
+        )
+        runs = await self.backend.get_runs(where)
+        return RunPage(runs, runs[-1].id if len(runs) == limit else None)
+
+    async def get_events(self, run_id: int, after_id: int = 0, limit: int = 1000) -> list[RunEvent]:
+        """Progress, log and state-change events of one run, oldest first."""
+        return await self.backend.get_events(run_id, after_id, limit)
+
+    # ------------------------------------------------------------------ control
+
+    async def cancel(self, run_id: int, *, cascade: bool = False) -> list[tuple[int, RunStatus]]:
+        """Cancel a run: pending → cancelled now; running → its worker cancels the task.
+
+        With ``cascade=True`` every descendant run is cancelled too. Returns the affected
+        runs and their status right after the call; a finished run is left as it is.
+        """
+        changed = await self.backend.cancel(run_id, cascade)
+        if not changed and await self.backend.get_run(run_id) is None:
+            raise RunNotFound(run_id)
+        return changed
+
+    async def set_job_enabled(self, name: str, enabled: bool) -> None:
+        """Disable (or enable again) a job cluster-wide: disabled jobs are not claimed."""
+        if not await self.backend.set_enabled("job", self.app.get_job(name).name, enabled):
+            raise ConfigurationError(f"job {name!r} is not registered in the database yet")
+
+    async def set_queue_enabled(self, name: str, enabled: bool) -> None:
+        if not await self.backend.set_enabled("queue", name, enabled):
+            raise ConfigurationError(f"queue {name!r} is not registered in the database yet")
+
+
+def _absolute(value: datetime | timedelta | None, now: datetime) -> datetime | None:
+    if isinstance(value, timedelta):
+        return now + value
+    return value
+
+
+def _enum(kind: type[RunStatus] | type[Trigger], value: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise InvalidArguments(f"{value!r} is not one of: {allowed}") from None
+
+
+def _run_error(record: RunRecord) -> Exception:
+    if record.status is RunStatus.FAILED:
+        error = record.error or {}
+        return RunFailed(
+            record.id,
+            str(error.get("type", "Error")),
+            str(error.get("message", "")),
+            str(error.get("traceback", "")),
+        )
+    if record.status is RunStatus.CANCELLED:
+        return RunCancelled(f"run {record.id} was cancelled", record.id)
+    return RunExpired(f"run {record.id} expired before it started", record.id)

@@ -1,0 +1,178 @@
+"""Arguments and results in and out of JSON.
+
+A job's signature becomes a pydantic model that validates arguments when a run is triggered
+(before any row is written) and again when it runs (the code may have changed in between).
+The return annotation becomes a ``TypeAdapter`` that encodes the result on the worker and
+decodes it, typed, in ``run_async``. JSON only, via orjson; never pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pydantic
+
+from asyncjobs.errors import ConfigurationError, InvalidArguments
+
+#: Largest accepted encoded arguments, in bytes (per App; see ``App(max_args_bytes=...)``).
+DEFAULT_MAX_ARGS_BYTES = 256 * 1024
+#: Deepest accepted nesting of lists and objects in arguments.
+MAX_NESTING = 32
+
+_ARGS_CONFIG = pydantic.ConfigDict(
+    extra="forbid",
+    allow_inf_nan=False,  # NaN/Infinity are not JSON; refuse them instead of writing null
+    populate_by_name=False,
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON text for jsonb columns (asyncpg's text codec wants ``str``)."""
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ArgsCodec:
+    """Validates and encodes the arguments of one job, built from its signature."""
+
+    job_name: str
+    model: type[pydantic.BaseModel]
+    signature: inspect.Signature
+    max_bytes: int
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Positional and keyword arguments → one dict by parameter name."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"{self.job_name}: {exc}") from None
+        return dict(bound.arguments)
+
+    def encode(self, arguments: Mapping[str, Any]) -> str:
+        """Validate python values and return the JSON text to store."""
+        check_shape(arguments, self.job_name)
+        validated = self._validate(lambda: self.model.model_validate(dict(arguments)))
+        plain = validated.model_dump(mode="json", by_alias=True)
+        check_shape(plain, self.job_name)
+        text = dumps(plain)
+        if len(text.encode()) > self.max_bytes:
+            raise InvalidArguments(
+                f"{self.job_name}: arguments are {len(text.encode())} bytes encoded, "
+                f"above the limit of {self.max_bytes}"
+            )
+        return text
+
+    def encode_json(self, arguments: Mapping[str, Any]) -> str:
+        """Validate JSON-shaped values (from the HTTP API or a name trigger)."""
+        check_shape(arguments, self.job_name)
+        return self.encode(self.decode(dict(arguments)))
+
+    def decode(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Stored JSON → validated python keyword arguments for the function."""
+        validated = self._validate(lambda: self.model.model_validate(dict(stored)))
+        return {
+            info.alias or name: getattr(validated, name)
+            for name, info in type(validated).model_fields.items()
+        }
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.model.model_json_schema(by_alias=True)
+
+    def _validate(self, check: Callable[[], pydantic.BaseModel]) -> pydantic.BaseModel:
+        try:
+            return check()
+        except pydantic.ValidationError as exc:
+            errors = [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+            ]
+            raise InvalidArguments(f"{self.job_name}: {_summarize(errors)}", errors) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCodec:
+    """Encodes a job's return value and decodes it back to the annotated type."""
+
+    adapter: pydantic.TypeAdapter[Any]
+
+    def encode(self, value: Any) -> str:
+        """May raise ``pydantic_core.PydanticSerializationError`` for non-JSON values."""
+        text = self.adapter.dump_json(value).decode()
+        if "\\u0000" in text:
+            raise ValueError("result contains a NUL character, which PostgreSQL cannot store")
+        return text
+
+    def decode(self, stored: Any) -> Any:
+        return self.adapter.validate_python(stored)
+
+
+def args_codec(
+    job_name: str, signature: inspect.Signature, hints: Mapping[str, Any], max_bytes: int
+) -> ArgsCodec:
+    """Build the argument model from the job's parameters (the Context one already removed)."""
+    fields: dict[str, Any] = {}
+    for index, param in enumerate(signature.parameters.values()):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise ConfigurationError(
+                f"job {job_name!r}: parameter {param.name!r} must be a plain or keyword-only "
+                "parameter (*args, **kwargs and positional-only ones cannot be stored by name)"
+            )
+        default = ... if param.default is param.empty else param.default
+        annotation = hints.get(param.name, Any)
+        # Field names are synthetic so that a parameter called e.g. "json" or "schema"
+        # cannot shadow a BaseModel attribute; the alias is the real parameter name.
+        fields[f"p{index}"] = (annotation, pydantic.Field(default, alias=param.name))
+    try:
+        model = pydantic.create_model(  # type: ignore[call-overload]
+            f"{job_name}_arguments", __config__=_ARGS_CONFIG, **fields
+        )
+    except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
+        raise ConfigurationError(f"job {job_name!r}: cannot build argument schema: {exc}") from exc
+    return ArgsCodec(job_name, model, signature, max_bytes)
+
+
+def result_codec(job_name: str, annotation: Any) -> ResultCodec:
+    if annotation is inspect.Signature.empty:
+        annotation = Any
+    try:
+        return ResultCodec(pydantic.TypeAdapter(annotation))
+    except pydantic.PydanticSchemaGenerationError as exc:
+        raise ConfigurationError(f"job {job_name!r}: cannot encode return type: {exc}") from exc
+
+
+def check_shape(value: Any, job_name: str) -> None:
+    """Refuse what PostgreSQL or JSON cannot hold: NUL characters, very deep nesting."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidArguments(f"{job_name}: strings may not contain NUL characters")
+        elif isinstance(item, Mapping):
+            _check_depth(depth, job_name)
+            stack.extend((key, depth + 1) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            _check_depth(depth, job_name)
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _check_depth(depth: int, job_name: str) -> None:
+    if depth >= MAX_NESTING:
+        raise InvalidArguments(f"{job_name}: arguments are nested deeper than {MAX_NESTING} levels")
+
+
+def _summarize(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        parts.append(f"{where}: {error['msg']}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more

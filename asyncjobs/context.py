@@ -1,0 +1,101 @@
+"""What a running job can see: its run, its client, and a way to report progress and logs.
+
+The current ``Context`` lives in a ``ContextVar`` while the job's task runs, so a run triggered
+from inside a job records ``parent_run_id`` / ``root_run_id`` without the job passing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asyncjobs.runs import RunRecord
+
+if TYPE_CHECKING:
+    from asyncjobs.client import Client
+
+#: Longest log line or status message stored; longer ones are cut (and say so).
+MAX_MESSAGE_CHARS = 4000
+
+
+@dataclass(eq=False)
+class Context:
+    """Handed to a job whose first parameter is annotated ``Context``.
+
+    ``run`` is the run as claimed; ``attempt`` counts from 1. Triggering other jobs from inside
+    the job records this run as their parent.
+    """
+
+    run: RunRecord
+    client: Client
+    _emit: Callable[[int, int, str, dict[str, Any]], Awaitable[None]] = field(repr=False)
+    _yield_slot: Callable[[], contextlib.AbstractAsyncContextManager[None]] = field(repr=False)
+    cancel_requested: bool = False
+
+    @property
+    def run_id(self) -> int:
+        return self.run.id
+
+    @property
+    def root_run_id(self) -> int:
+        return self.run.root_run_id or self.run.id
+
+    @property
+    def attempt(self) -> int:
+        return self.run.attempt
+
+    @property
+    def job(self) -> str:
+        return self.run.job
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress (0.0 to 1.0) and an optional status message; shown live."""
+        if not math.isfinite(fraction) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress must be between 0 and 1, got {fraction!r}")
+        data: dict[str, Any] = {"progress": fraction}
+        if message is not None:
+            data["message"] = _clip(message)
+        await self._emit(self.run.id, self.run.attempt, "progress", data)
+
+    async def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        """Store a log line on the run (shown in the trace viewer)."""
+        level = level.lower()
+        if level not in _LEVELS:
+            raise ValueError(f"unknown log level {level!r}; use one of {sorted(_LEVELS)}")
+        data: dict[str, Any] = {"level": level, "message": _clip(message)}
+        if fields:
+            data["fields"] = fields
+        await self._emit(self.run.id, self.run.attempt, "log", data)
+
+    @contextlib.asynccontextmanager
+    async def waiting(self) -> AsyncIterator[None]:
+        """Give the worker-local slot back while this job waits on something (e.g. a child).
+
+        ``run_async`` uses it, so a parent waiting for a child cannot starve a worker with
+        ``concurrency=1``. Database limits still count this run as running.
+        """
+        async with self._yield_slot():
+            yield
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "asyncjobs_current_context", default=None
+)
+
+
+def get_context() -> Context | None:
+    """The ``Context`` of the job running in this task, or ``None`` outside a job."""
+    return current_context.get()
+
+
+def _clip(text: str) -> str:
+    text = text.replace("\x00", "\\0")
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return text[:MAX_MESSAGE_CHARS] + f"… [{len(text) - MAX_MESSAGE_CHARS} chars cut]"

@@ -1,0 +1,161 @@
+"""The exceptions asyncjobs raises.
+
+Every error derives from :class:`AsyncJobsError`, so one ``except`` catches them all::
+
+    AsyncJobsError
+    ├── ConfigurationError        a job, queue or option is declared wrongly
+    ├── UnknownJob                no job of that name is registered
+    ├── InvalidArguments          arguments fail validation (types, size, depth, NaN, NUL)
+    ├── DuplicateRun              a pending/running run already holds the dedup id
+    ├── RunNotFound               no run with that id
+    ├── SchemaMismatch            the database schema is older or newer than this code
+    ├── DatabaseError             the database failed in a way we did not expect
+    │   └── DatabaseUnavailable   the connection is gone (server down, network)
+    ├── EmbeddedPostgresError     the private demo/test server could not start
+    ├── RunError                  run_async() could not return a result
+    │   ├── RunFailed             the job raised (remote type, message, traceback)
+    │   ├── RunCancelled          the run was cancelled
+    │   ├── RunExpired            the run passed its not_after before it started
+    │   └── RunTimeout            the caller's wait timed out (the run goes on)
+    └── JobTimeout                raised inside a job that exceeded its timeout
+
+Driver (asyncpg) exceptions are translated in exactly one place,
+``asyncjobs.backends.postgres.translate_errors``; the original is on ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = (
+    "AsyncJobsError",
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DuplicateRun",
+    "EmbeddedPostgresError",
+    "InvalidArguments",
+    "JobTimeout",
+    "RunCancelled",
+    "RunError",
+    "RunExpired",
+    "RunFailed",
+    "RunNotFound",
+    "RunTimeout",
+    "SchemaMismatch",
+    "UnknownJob",
+)
+
+
+class AsyncJobsError(Exception):
+    """Base class of every asyncjobs error. With no message, the docstring is the message."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class ConfigurationError(AsyncJobsError):
+    """A job, queue or option is declared wrongly.
+
+    Raised by ``App.job`` / ``App.queue`` (duplicate names, bad limits) and ``Job.options``.
+    """
+
+
+class UnknownJob(AsyncJobsError):
+    """No job of that name is registered.
+
+    Raised by ``Client.trigger_async`` when triggering by name.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no job named {name!r} is registered")
+        self.name = name
+
+
+class InvalidArguments(AsyncJobsError):
+    """The arguments of a run failed validation; no row was written.
+
+    Raised by ``Client.trigger_async`` before anything reaches the database. ``errors`` holds
+    pydantic's structured error list when the failure came from type validation.
+    """
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class DuplicateRun(AsyncJobsError):
+    """A pending or running run of this job already holds the same ``dedup_id``.
+
+    Raised by ``Client.trigger_async``; ``existing_run_id`` is the run that holds it.
+    Pass ``on_duplicate="return"`` to get that run back instead.
+    """
+
+    def __init__(self, job: str, dedup_id: str, existing_run_id: int) -> None:
+        super().__init__(
+            f"job {job!r} already has an active run {existing_run_id} with dedup_id {dedup_id!r}"
+        )
+        self.job = job
+        self.dedup_id = dedup_id
+        self.existing_run_id = existing_run_id
+
+
+class RunNotFound(AsyncJobsError):
+    """No run with that id exists. Raised by ``Client.get_run`` and ``Client.cancel``."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no run with id {run_id}")
+        self.run_id = run_id
+
+
+class SchemaMismatch(AsyncJobsError):
+    """The database schema version does not match this code; run ``asyncjobs migrate``.
+
+    Raised when a client or worker starts against a stale or newer schema.
+    """
+
+
+class DatabaseError(AsyncJobsError):
+    """The database failed in a way asyncjobs did not expect; the driver error is ``__cause__``."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached (server down or restarting, connection lost)."""
+
+
+class EmbeddedPostgresError(AsyncJobsError):
+    """The embedded PostgreSQL server could not be started or stopped."""
+
+
+class RunError(AsyncJobsError):
+    """``run_async`` could not return a result. ``run_id`` names the run."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunFailed(RunError):
+    """The job raised. ``error_type``, ``error_message`` and ``traceback`` come from the worker."""
+
+    def __init__(self, run_id: int, error_type: str, error_message: str, traceback: str) -> None:
+        super().__init__(f"run {run_id} failed: {error_type}: {error_message}", run_id)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class RunCancelled(RunError):
+    """The run was cancelled before it finished."""
+
+
+class RunExpired(RunError):
+    """The run passed its ``not_after`` deadline before a worker started it."""
+
+
+class RunTimeout(RunError):
+    """``run_async`` gave up waiting; the run itself goes on and can be awaited again."""
+
+
+class JobTimeout(AsyncJobsError):
+    """A job ran longer than its ``timeout``; the attempt fails and the retry policy applies."""

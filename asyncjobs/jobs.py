@@ -1,0 +1,166 @@
+"""Job: a decorated async function, its argument schema and its trigger options."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
+from asyncjobs.context import Context
+from asyncjobs.errors import ConfigurationError
+from asyncjobs.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from asyncjobs.client import Run
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE = "default"
+#: Accepted priority range; higher runs first.
+PRIORITY_RANGE = range(-32768, 32768)
+
+OnDuplicate = Literal["raise", "return"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Per-trigger options; ``None`` means "the job's default"."""
+
+    priority: int | None = None
+    not_before: datetime | timedelta | None = None
+    not_after: datetime | timedelta | None = None
+    dedup_id: str | None = None
+    queue: str | None = None
+    on_duplicate: OnDuplicate = "raise"
+    #: how long ``run_async`` waits for the result before raising ``RunTimeout``
+    wait_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority is not None and self.priority not in PRIORITY_RANGE:
+            raise ConfigurationError(f"priority must be in [-32768, 32767], got {self.priority}")
+        for name in ("not_before", "not_after"):
+            value = getattr(self, name)
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise ConfigurationError(f"{name} must be timezone-aware, got {value!r}")
+        if self.dedup_id is not None and not 0 < len(self.dedup_id) <= 200:
+            raise ConfigurationError("dedup_id must be 1 to 200 characters")
+        if self.dedup_id is not None and "\x00" in self.dedup_id:
+            raise ConfigurationError("dedup_id may not contain NUL characters")
+        if self.on_duplicate not in ("raise", "return"):
+            raise ConfigurationError("on_duplicate must be 'raise' or 'return'")
+
+
+class Job(Generic[P, R]):
+    """A registered job. Trigger it with ``client.trigger_async(job, ...)`` or, inside another
+    job, with ``job.trigger_async(...)`` / ``job.run_async(...)``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        *,
+        name: str,
+        queue: str,
+        max_concurrency: int | None,
+        priority: int,
+        retry: RetryPolicy,
+        timeout: float | None,
+        max_args_bytes: int,
+        aliases: Sequence[str] = (),
+        options: RunOptions | None = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(f"job {name!r} must be an async function")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigurationError(f"job {name!r}: max_concurrency must be at least 1")
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"job {name!r}: timeout must be positive")
+        if priority not in PRIORITY_RANGE:
+            raise ConfigurationError(f"job {name!r}: priority must be in [-32768, 32767]")
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.max_concurrency = max_concurrency
+        self.priority = priority
+        self.retry = retry
+        self.timeout = timeout
+        self.aliases = tuple(aliases)
+        self.default_options = options or RunOptions()
+        self.takes_context, signature, hints = _split_signature(fn)
+        self.args: ArgsCodec = args_codec(name, signature, hints, max_args_bytes)
+        self.result: ResultCodec = result_codec(name, hints.get("return", inspect.Signature.empty))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} queue={self.queue!r}>"
+
+    def options(
+        self,
+        *,
+        priority: int | None = None,
+        not_before: datetime | timedelta | None = None,
+        not_after: datetime | timedelta | None = None,
+        dedup_id: str | None = None,
+        queue: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        wait_timeout: float | None = None,
+    ) -> Job[P, R]:
+        """The same job with trigger options set; the job's own signature is kept."""
+        current = self.default_options
+        merged = RunOptions(
+            priority=current.priority if priority is None else priority,
+            not_before=current.not_before if not_before is None else not_before,
+            not_after=current.not_after if not_after is None else not_after,
+            dedup_id=current.dedup_id if dedup_id is None else dedup_id,
+            queue=current.queue if queue is None else queue,
+            on_duplicate=current.on_duplicate if on_duplicate is None else on_duplicate,
+            wait_timeout=current.wait_timeout if wait_timeout is None else wait_timeout,
+        )
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.default_options = merged
+        return clone
+
+    async def trigger_async(self, *args: P.args, **kwargs: P.kwargs) -> Run[R]:
+        """Enqueue a run with the current client (inside a job: the worker's client)."""
+        from asyncjobs.client import current_client
+
+        return await current_client().trigger_async(self, *args, **kwargs)
+
+    async def run_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Enqueue a run and wait for its typed result (see ``Client.run_async``)."""
+        from asyncjobs.client import current_client
+
+        return await current_client().run_async(self, *args, **kwargs)
+
+    def resolved_options(self) -> RunOptions:
+        """Trigger options with the job's defaults filled in."""
+        options = self.default_options
+        return dataclasses.replace(
+            options,
+            priority=self.priority if options.priority is None else options.priority,
+            queue=options.queue or self.queue,
+        )
+
+
+def _split_signature(
+    fn: Callable[..., Any],
+) -> tuple[bool, inspect.Signature, dict[str, Any]]:
+    """Drop a leading ``Context`` parameter: it is injected, not an argument."""
+    signature = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except (NameError, TypeError) as exc:
+        raise ConfigurationError(f"cannot resolve the annotations of {fn.__qualname__}: {exc}")
+    params = list(signature.parameters.values())
+    takes_context = bool(params) and hints.get(params[0].name) is Context
+    if takes_context:
+        params = params[1:]
+    if any(hints.get(p.name) is Context for p in params):
+        raise ConfigurationError(f"{fn.__qualname__}: a Context parameter must come first")
+    return takes_context, signature.replace(parameters=params), hints

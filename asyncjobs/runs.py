@@ -1,0 +1,110 @@
+"""Run records: what the database knows about one execution of a job."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its life. ``pending → running → one of the terminal states``."""
+
+    #: waiting to be claimed (new, delayed by ``not_before``, or waiting for a retry)
+    PENDING = "pending"
+    #: claimed by a worker, which holds a lease on it
+    RUNNING = "running"
+    #: the job returned; ``result`` holds its value
+    SUCCEEDED = "succeeded"
+    #: the job raised and no attempts are left; ``error`` holds the last error
+    FAILED = "failed"
+    #: cancelled by ``Client.cancel`` before it finished
+    CANCELLED = "cancelled"
+    #: ``not_after`` passed before any worker started it
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.EXPIRED}
+)
+ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+
+
+class Trigger(enum.StrEnum):
+    """Why a run (or its current attempt) exists."""
+
+    #: triggered by application code through a client
+    USER = "user"
+    #: triggered through the HTTP API / dashboard
+    API = "api"
+    #: fired by a schedule
+    SCHEDULE = "schedule"
+    #: a new attempt after the previous one failed
+    RETRY = "retry"
+    #: handed back after a crash, a lost lease or a worker shutdown
+    RESTART = "restart"
+    #: triggered by another run (``parent_run_id`` is set)
+    CHILD = "child"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A snapshot of one run as stored. ``result`` / ``error`` are decoded JSON."""
+
+    id: int
+    job: str
+    queue: str
+    args: dict[str, Any]
+    status: RunStatus
+    trigger: Trigger
+    priority: int
+    attempt: int
+    max_attempts: int
+    created_at: datetime
+    not_before: datetime
+    not_after: datetime | None = None
+    dedup_id: str | None = None
+    parent_run_id: int | None = None
+    root_run_id: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    result: Any = None
+    error: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    progress: float | None = None
+    status_message: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, once both are known."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One row of ``run_events``: a state change, progress update or log line."""
+
+    id: int
+    run_id: int
+    root_run_id: int
+    at: datetime
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of ``Client.get_runs``; pass ``next_cursor`` to get the next one."""
+
+    runs: list[RunRecord]
+    next_cursor: int | None

@@ -1,0 +1,228 @@
+-- asyncjobs schema, version 1 (must equal every file in migrations/ applied in order; a test
+-- compares the two catalogs). The database enforces the invariants: states, dedup, leases.
+
+CREATE SCHEMA IF NOT EXISTS asyncjobs;
+
+CREATE TABLE asyncjobs.schema_version (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TYPE asyncjobs.run_status AS ENUM (
+    'pending', 'running', 'succeeded', 'failed', 'cancelled', 'expired'
+);
+
+CREATE TYPE asyncjobs.run_trigger AS ENUM (
+    'user', 'api', 'schedule', 'retry', 'restart', 'child'
+);
+
+-- Registered queues and their cluster-wide limit (NULL = unlimited). Written on worker start;
+-- `enabled` is a run-time switch and is never overwritten by a deploy.
+CREATE TABLE asyncjobs.queues (
+    name            text PRIMARY KEY CHECK (name <> '' AND length(name) <= 200),
+    max_concurrency integer CHECK (max_concurrency > 0),
+    enabled         boolean NOT NULL DEFAULT true,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE asyncjobs.jobs (
+    name            text PRIMARY KEY CHECK (name <> '' AND length(name) <= 200),
+    queue           text NOT NULL,
+    max_concurrency integer CHECK (max_concurrency > 0),
+    enabled         boolean NOT NULL DEFAULT true,
+    args_schema     jsonb NOT NULL DEFAULT '{}',
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE SEQUENCE asyncjobs.run_ids;
+
+CREATE TABLE asyncjobs.runs (
+    id               bigint PRIMARY KEY DEFAULT nextval('asyncjobs.run_ids'),
+    job              text NOT NULL CHECK (job <> '' AND length(job) <= 200),
+    queue            text NOT NULL CHECK (queue <> '' AND length(queue) <= 200),
+    args             jsonb NOT NULL,
+    status           asyncjobs.run_status NOT NULL DEFAULT 'pending',
+    trigger          asyncjobs.run_trigger NOT NULL DEFAULT 'user',
+    priority         smallint NOT NULL DEFAULT 0,
+    not_before       timestamptz NOT NULL DEFAULT now(),
+    not_after        timestamptz,
+    dedup_id         text CHECK (length(dedup_id) BETWEEN 1 AND 200),
+    -- attempt counts claims: it is the fencing token of the current execution
+    attempt          integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_attempts     integer NOT NULL DEFAULT 1 CHECK (max_attempts >= 1),
+    parent_run_id    bigint REFERENCES asyncjobs.runs (id) ON DELETE SET NULL,
+    root_run_id      bigint NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    worker_id        text,
+    lease_expires_at timestamptz,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    result           jsonb,
+    error            jsonb,
+    errors           jsonb NOT NULL DEFAULT '[]',
+    progress         real CHECK (progress BETWEEN 0 AND 1),
+    status_message   text,
+    -- a running run always has an owner and a lease; nothing else does
+    CONSTRAINT runs_running_has_lease CHECK (
+        (status = 'running') = (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL)
+    ),
+    CONSTRAINT runs_terminal_has_finish CHECK (
+        (status IN ('pending', 'running')) = (finished_at IS NULL)
+    )
+);
+
+-- Claiming: pending runs of a queue, highest priority first, then oldest.
+CREATE INDEX runs_pending_idx ON asyncjobs.runs (queue, priority DESC, id)
+    WHERE status = 'pending';
+-- Deduplication is the database's job: one active run per (job, dedup_id).
+CREATE UNIQUE INDEX runs_dedup_idx ON asyncjobs.runs (job, dedup_id)
+    WHERE dedup_id IS NOT NULL AND status IN ('pending', 'running');
+-- Lease sweeps and limit counts read only running runs.
+CREATE INDEX runs_running_idx ON asyncjobs.runs (lease_expires_at)
+    WHERE status = 'running';
+CREATE INDEX runs_expiry_idx ON asyncjobs.runs (not_after)
+    WHERE status = 'pending' AND not_after IS NOT NULL;
+-- Trace trees.
+CREATE INDEX runs_root_idx ON asyncjobs.runs (root_run_id);
+-- Run table filters and "last success" per job.
+CREATE INDEX runs_job_idx ON asyncjobs.runs (job, id DESC);
+
+-- Every state change, progress update and log line; the id is the SSE event id. `xid` lets
+-- readers deliver events in commit-safe order (an id is taken at insert, not at commit).
+CREATE TABLE asyncjobs.run_events (
+    id          bigserial PRIMARY KEY,
+    run_id      bigint NOT NULL,
+    root_run_id bigint NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    kind        text NOT NULL,
+    data        jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX run_events_root_idx ON asyncjobs.run_events (root_run_id, id);
+CREATE INDEX run_events_run_idx ON asyncjobs.run_events (run_id, id);
+
+CREATE TABLE asyncjobs.workers (
+    id           text PRIMARY KEY,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    queues       text[] NOT NULL,
+    jobs         text[] NOT NULL,
+    concurrency  integer NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Key of the transaction-scoped advisory lock that serializes claims under one limit.
+CREATE FUNCTION asyncjobs.limit_lock_key(kind text, name text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN hashtextextended('asyncjobs:' || kind || ':' || name, 0);
+
+-- Claim up to p_capacity pending runs for one worker, under every cluster-wide limit.
+--
+-- SKIP LOCKED alone cannot hold "at most N running": two workers each count N-1 and both claim.
+-- So a claim that touches a limited queue or job first takes that limit's advisory xact lock
+-- (all keys in ascending order, so two claimers can never wait on each other in a cycle), and
+-- only then counts running runs. The count must see every claim committed before the lock was
+-- granted, which is why this is a VOLATILE plpgsql function: each statement in it takes a fresh
+-- snapshot, so the claim query runs on a snapshot taken after the locks. Completions need no
+-- lock: a run leaving `running` late only makes a concurrent claim more conservative.
+-- Unlimited queues and jobs take no lock at all.
+CREATE FUNCTION asyncjobs.claim_runs(
+    p_worker text, p_queues text[], p_jobs text[], p_capacity integer, p_lease interval
+) RETURNS SETOF asyncjobs.runs
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    limited_queues text[];
+    limited_jobs   text[];
+BEGIN
+    SELECT coalesce(array_agg(name), '{}') INTO limited_queues
+      FROM asyncjobs.queues WHERE name = ANY (p_queues) AND max_concurrency IS NOT NULL;
+    SELECT coalesce(array_agg(name), '{}') INTO limited_jobs
+      FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND max_concurrency IS NOT NULL;
+
+    PERFORM pg_advisory_xact_lock(key)
+       FROM (SELECT asyncjobs.limit_lock_key('queue', q) AS key FROM unnest(limited_queues) q
+             UNION
+             SELECT asyncjobs.limit_lock_key('job', j) FROM unnest(limited_jobs) j
+             ORDER BY key) AS keys;
+
+    RETURN QUERY
+    WITH
+    -- free slots per queue this worker serves (its own capacity when unlimited or disabled=0)
+    queue_room AS (
+        SELECT wq.name AS queue,
+               CASE WHEN NOT coalesce(q.enabled, true) THEN 0
+                    WHEN q.max_concurrency IS NULL THEN p_capacity
+                    ELSE greatest(0, q.max_concurrency - (
+                        SELECT count(*) FROM asyncjobs.runs r
+                         WHERE r.status = 'running' AND r.queue = wq.name))::integer
+               END AS room
+          FROM unnest(p_queues) AS wq(name)
+          LEFT JOIN asyncjobs.queues q ON q.name = wq.name
+    ),
+    -- free slots per limited job, counted over all queues
+    job_room AS (
+        SELECT j.name AS job,
+               greatest(0, j.max_concurrency - (
+                   SELECT count(*) FROM asyncjobs.runs r
+                    WHERE r.status = 'running' AND r.job = j.name))::integer AS room
+          FROM asyncjobs.jobs j WHERE j.name = ANY (limited_jobs)
+    ),
+    -- jobs that cannot start now: disabled, or at their limit
+    blocked AS (
+        SELECT coalesce(array_agg(name), '{}') AS jobs FROM (
+            SELECT job AS name FROM job_room WHERE room = 0
+            UNION SELECT name FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled
+        ) b
+    ),
+    -- MATERIALIZED: an optimization fence, so the planner cannot re-run the LIMITed,
+    -- row-locking scan and lock or update more rows than LIMIT (Oban's reason, too)
+    candidates AS MATERIALIZED (
+        SELECT c.id, c.job, c.priority
+          FROM queue_room qr
+         CROSS JOIN blocked
+         CROSS JOIN LATERAL (
+               SELECT r.id, r.job, r.priority
+                 FROM asyncjobs.runs r
+                WHERE r.status = 'pending'
+                  AND r.queue = qr.queue
+                  AND r.job = ANY (p_jobs)
+                  AND r.job <> ALL (blocked.jobs)
+                  AND r.not_before <= now()
+                  AND (r.not_after IS NULL OR r.not_after > now())
+                ORDER BY r.priority DESC, r.id
+                LIMIT least(qr.room, p_capacity)
+                  FOR UPDATE SKIP LOCKED
+         ) c
+         WHERE qr.room > 0
+    ),
+    -- a limited job takes at most its free slots, best runs first
+    chosen AS (
+        SELECT ranked.id FROM (
+            SELECT c.id, c.priority, jr.room,
+                   row_number() OVER (PARTITION BY c.job ORDER BY c.priority DESC, c.id) AS rank
+              FROM candidates c LEFT JOIN job_room jr ON jr.job = c.job
+        ) ranked
+         WHERE ranked.room IS NULL OR ranked.rank <= ranked.room
+         ORDER BY ranked.priority DESC, ranked.id
+         LIMIT p_capacity
+    ),
+    claimed AS (
+        UPDATE asyncjobs.runs r
+           SET status = 'running', attempt = r.attempt + 1, started_at = now(),
+               worker_id = p_worker, lease_expires_at = now() + p_lease
+          FROM chosen WHERE r.id = chosen.id
+        RETURNING r.*
+    ),
+    started AS (
+        INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+        SELECT id, root_run_id, 'running', jsonb_build_object('attempt', attempt, 'worker', p_worker)
+          FROM claimed
+    )
+    SELECT * FROM claimed ORDER BY priority DESC, id;
+END
+$$;
+
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (1, 'initial');

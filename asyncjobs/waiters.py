@@ -1,0 +1,90 @@
+"""Waiting for runs to finish: LISTEN wake-ups first, polling as the fallback.
+
+All waiters of one client share one checker task: a notification naming finished runs makes
+it look those up at once; every ``poll_interval`` (and after a reconnect, when notifications
+may have been lost) it looks up every run still awaited, in one query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asyncjobs.backends.base import Backend, Notification
+from asyncjobs.errors import DatabaseUnavailable
+from asyncjobs.runs import RunRecord
+
+logger = logging.getLogger(__name__)
+
+
+class ResultWaiter:
+    def __init__(self, backend: Backend, poll_interval: float) -> None:
+        self._backend = backend
+        self._poll_interval = poll_interval
+        self._futures: dict[int, set[asyncio.Future[RunRecord]]] = {}
+        self._due: set[int] = set()
+        self._check_all = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._backend.add_listener(self._on_notification)
+        self._task = asyncio.create_task(self._check_loop(), name="asyncjobs-result-waiter")
+
+    async def stop(self) -> None:
+        self._backend.remove_listener(self._on_notification)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def wait(self, run_id: int) -> RunRecord:
+        future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(run_id, set()).add(future)
+        self._due.add(run_id)  # it may have finished already
+        self._wake.set()
+        try:
+            return await future
+        finally:
+            waiting = self._futures.get(run_id)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._futures[run_id]
+
+    def _on_notification(self, notification: Notification) -> None:
+        if notification.many_done or notification.reconnected:
+            self._check_all = True
+        else:
+            self._due |= notification.done & self._futures.keys()
+        if self._due or self._check_all:
+            self._wake.set()
+
+    async def _check_loop(self) -> None:
+        outage = False
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except TimeoutError:
+                self._check_all = True
+            self._wake.clear()
+            ids = set(self._futures) if self._check_all else self._due & self._futures.keys()
+            self._due.clear()
+            self._check_all = False
+            if not ids:
+                continue
+            try:
+                finished = await self._backend.terminal_runs(sorted(ids))
+            except DatabaseUnavailable as exc:
+                if not outage:
+                    logger.warning("cannot check run results, database unavailable: %s", exc)
+                    outage = True
+                self._check_all = True
+                continue
+            if outage:
+                logger.warning("database reachable again; checking awaited runs")
+                outage = False
+            for record in finished:
+                for future in self._futures.get(record.id, ()):
+                    if not future.done():
+                        future.set_result(record)

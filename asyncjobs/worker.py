@@ -1,0 +1,501 @@
+"""Worker: claims runs in batches, executes them, reports back, keeps its leases alive.
+
+Tasks of one worker (all in one asyncio task group):
+
+* claim loop — claims up to the free local capacity in one round trip, then sleeps until a
+  NOTIFY for one of its queues, a freed slot, or ``poll_interval``;
+* one task per run — validates the stored arguments again, runs the job under its timeout,
+  encodes the result and hands a ``Completion`` to the completion batcher;
+* completion and event batchers — flush naturally batched, fenced writes;
+* heartbeat — extends the leases of the runs it still owns, learns which were taken away
+  (then it cancels them: a rescued attempt must not go on) and which must be cancelled;
+* sweeper — returns runs whose lease expired to pending and expires overdue pending runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncjobs.app import App
+from asyncjobs.backends.base import Backend, Completion, Notification, WorkerInfo
+from asyncjobs.batcher import Batcher
+from asyncjobs.client import Client
+from asyncjobs.context import Context, current_context
+from asyncjobs.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidArguments,
+    JobTimeout,
+)
+from asyncjobs.jobs import Job
+from asyncjobs.runs import RunRecord, RunStatus
+from asyncjobs.slots import Slots
+
+logger = logging.getLogger(__name__)
+
+MAX_TRACEBACK_CHARS = 20_000
+
+
+class StopReason(enum.Enum):
+    """Why a run's task was cancelled by the worker."""
+
+    #: a user asked to cancel the run
+    CANCELLED = "cancelled"
+    #: the worker shuts down and hands the run back (no attempt used up)
+    SHUTDOWN = "shutdown"
+    #: the lease was lost (the run was rescued elsewhere); nothing may be written
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(eq=False)
+class _Execution:
+    record: RunRecord
+    task: asyncio.Task[None] | None = None
+    stop_reason: StopReason | None = None
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker since it started (for logs, tests and the dashboard)."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    handed_back: int = 0
+    #: completions the database refused because the run no longer belonged to this attempt
+    fenced_off: int = 0
+    leases_lost: int = 0
+    rescued_by_sweep: int = 0
+    claims: int = 0
+    by_job: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs the jobs of an ``App``. ``async with app.worker(dsn) as worker: await worker.wait()``
+    or simply ``await worker.run()``; SIGTERM/SIGINT stop it gracefully when
+    ``handle_signals=True``.
+
+    Timing defaults: heartbeat every 5 s, lease 20 s (four missed heartbeats), sweep every 5 s:
+    a crashed worker's runs are pending again within about ``lease + sweep_interval``.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        dsn: str | Backend,
+        *,
+        concurrency: int = 10,
+        queues: list[str] | None = None,
+        worker_id: str | None = None,
+        lease: float = 20.0,
+        heartbeat_interval: float = 5.0,
+        sweep_interval: float = 5.0,
+        poll_interval: float = 1.0,
+        drain_timeout: float = 20.0,
+        migrate: bool = False,
+        handle_signals: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if not heartbeat_interval < lease:
+            raise ConfigurationError("heartbeat_interval must be shorter than the lease")
+        self.app = app
+        if migrate:
+            backend_options["migrate"] = True
+        self.backend = app.backend(dsn, **backend_options)
+        self.concurrency = concurrency
+        self.queues = sorted(queues or {j.queue for j in app.jobs.values()} | {"default"})
+        unknown = set(self.queues) - set(app.queues)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown queues {sorted(unknown)}; declare them with app.queue"
+            )
+        # a run may sit in another queue than its job's default (options(queue=...)),
+        # so the worker takes every job it knows from the queues it serves
+        self.job_names = sorted({n for j in app.jobs.values() for n in (j.name, *j.aliases)})
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval
+        self.sweep_interval = sweep_interval
+        self.poll_interval = poll_interval
+        self.drain_timeout = drain_timeout
+        self.handle_signals = handle_signals
+        self.stats = WorkerStats()
+        self.client = Client(app, self.backend, poll_interval=poll_interval)
+        self._slots = Slots(concurrency)
+        self._running: dict[int, _Execution] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._abort = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._completions: Batcher[Completion] = Batcher("completions", self._flush_completions)
+        self._events: Batcher[tuple[int, int, str, dict[str, Any]]] = Batcher(
+            "events", self._flush_events
+        )
+        self._main: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} queues={self.queues} concurrency={self.concurrency}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run until ``stop()`` (or a signal, with ``handle_signals``), then drain."""
+        async with self:
+            await self.wait()
+
+    async def __aenter__(self) -> Worker:
+        await self.client.__aenter__()
+        queues, jobs = self.app.definitions()
+        await self.backend.register_definitions(queues, jobs)
+        await self.backend.register_worker(
+            WorkerInfo(
+                self.id,
+                socket.gethostname(),
+                os.getpid(),
+                tuple(self.queues),
+                tuple(self.job_names),
+                self.concurrency,
+            )
+        )
+        self.backend.add_listener(self._on_notification)
+        self._main = asyncio.create_task(self._serve(), name=f"asyncjobs-worker-{self.id}")
+        if self.handle_signals:
+            self._install_signal_handlers()
+        logger.info(
+            "worker %s started: queues=%s concurrency=%d", self.id, self.queues, self.concurrency
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        await self.wait()
+
+    async def wait(self) -> None:
+        """Until the worker has stopped and released everything."""
+        if self._main is not None:
+            await asyncio.shield(self._main)
+
+    def stop(self, *, abort: bool = False) -> None:
+        """Stop claiming; running jobs get ``drain_timeout`` to finish (none with ``abort``),
+        then they are cancelled and handed back as pending without using up an attempt."""
+        if abort:
+            self._abort.set()
+        self._stopping.set()
+        self._wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self._stopping.is_set():
+                logger.warning("second signal: stopping at once")
+                self.stop(abort=True)
+            else:
+                logger.info("signal %d: stopping gracefully", signum)
+                self.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+
+    async def _serve(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                helpers = [
+                    group.create_task(self._completions.run()),
+                    group.create_task(self._events.run()),
+                    group.create_task(self._heartbeat_loop()),
+                    group.create_task(self._sweep_loop()),
+                ]
+                await self._claim_loop()
+                await self._drain()
+                for helper in helpers:
+                    helper.cancel()
+        finally:
+            await self._close()
+
+    async def _drain(self) -> None:
+        """After claiming stopped: let runs finish, then hand back what is left."""
+        pending = [e.task for e in self._running.values() if e.task is not None]
+        if pending and not self._abort.is_set():
+            logger.info(
+                "waiting up to %.0f s for %d running jobs", self.drain_timeout, len(pending)
+            )
+            finished = asyncio.ensure_future(asyncio.wait(pending))
+            aborted = asyncio.ensure_future(self._abort.wait())
+            await asyncio.wait(
+                [finished, aborted], timeout=self.drain_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            finished.cancel()
+            aborted.cancel()
+        for execution in list(self._running.values()):
+            self._cancel(execution, StopReason.SHUTDOWN)
+        remaining = [e.task for e in self._running.values() if e.task is not None]
+        if remaining:
+            await asyncio.wait(remaining)
+        await self._completions.drain()
+        await self._events.drain()
+
+    async def _close(self) -> None:
+        self.backend.remove_listener(self._on_notification)
+        with contextlib.suppress(DatabaseUnavailable):
+            await self.backend.unregister_worker(self.id)
+        await self.client.__aexit__(None, None, None)
+        self._stopped.set()
+        logger.info("worker %s stopped: %s", self.id, self.stats)
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _claim_loop(self) -> None:
+        outage = False
+        while not self._stopping.is_set():
+            free = self._slots.free
+            if free <= 0:
+                await self._sleep(None)
+                continue
+            self._wake.clear()
+            try:
+                records = await self.backend.claim(
+                    self.id, self.queues, self.job_names, free, self.lease
+                )
+            except DatabaseUnavailable as exc:
+                if not outage:
+                    logger.warning("worker %s cannot claim, database unavailable: %s", self.id, exc)
+                    outage = True
+                await self._sleep(self.poll_interval)
+                continue
+            if outage:
+                logger.warning("worker %s: database reachable again", self.id)
+                outage = False
+            self.stats.claims += 1
+            for record in records:
+                self._start(record)
+            if len(records) < free:
+                await self._sleep(self.poll_interval)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        """Until a wake-up (NOTIFY, freed slot, stop) or the timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    def _on_notification(self, notification: Notification) -> None:
+        if notification.reconnected or notification.queues & set(self.queues):
+            self._wake.set()
+        for run_id in notification.cancel:
+            execution = self._running.get(run_id)
+            if execution is not None:
+                self._cancel(execution, StopReason.CANCELLED)
+
+    def _start(self, record: RunRecord) -> None:
+        self._slots.take()
+        self.stats.claimed += 1
+        execution = _Execution(record)
+        self._running[record.id] = execution
+        execution.task = asyncio.create_task(self._execute(execution), name=f"run-{record.id}")
+
+    def _cancel(self, execution: _Execution, reason: StopReason) -> None:
+        if execution.stop_reason is None and execution.task is not None:
+            execution.stop_reason = reason
+            execution.task.cancel()
+
+    # ------------------------------------------------------------------ executing
+
+    async def _execute(self, execution: _Execution) -> None:
+        record = execution.record
+        job = self.app.get_job(record.job)
+        context = Context(record, self.client, self._emit, self._yield_slot)
+        current_context.set(context)  # this task has its own copy of the context
+        try:
+            completion = await self._attempt(execution, job, context)
+        finally:
+            self._slots.give_back()
+            self._running.pop(record.id, None)
+            self._wake.set()
+        if completion is not None:
+            self._completions.add(completion)
+
+    async def _attempt(
+        self, execution: _Execution, job: Job[Any, Any], context: Context
+    ) -> Completion | None:
+        record = execution.record
+        deadline: asyncio.Timeout | None = None
+        try:
+            try:
+                kwargs = job.args.decode(record.args)
+            except InvalidArguments as exc:  # stored arguments no longer fit the code
+                return self._failure(record, job, exc, retry=False)
+            async with asyncio.timeout(job.timeout) as deadline:
+                if job.takes_context:
+                    value = await job.fn(context, **kwargs)
+                else:
+                    value = await job.fn(**kwargs)
+            return self._success(record, job, value)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if execution.stop_reason is None or task is None:
+                raise  # not ours: the worker itself is being torn down
+            task.uncancel()
+            return self._stopped_completion(execution)
+        except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                error: BaseException = JobTimeout(
+                    f"{job.name} exceeded its timeout of {job.timeout} s"
+                )
+                error.__cause__ = exc
+                return self._failure(record, job, error)
+            return self._failure(record, job, exc)
+        except Exception as exc:
+            return self._failure(record, job, exc)
+
+    def _success(self, record: RunRecord, job: Job[Any, Any], value: Any) -> Completion:
+        try:
+            encoded = job.result.encode(value)
+        except Exception as exc:
+            error = TypeError(f"{job.name} returned a value that cannot be stored as JSON: {exc}")
+            return self._failure(record, job, error, retry=False)
+        self.stats.succeeded += 1
+        return Completion(record.id, record.attempt, RunStatus.SUCCEEDED, result_json=encoded)
+
+    def _failure(
+        self, record: RunRecord, job: Job[Any, Any], exc: BaseException, *, retry: bool = True
+    ) -> Completion:
+        error = describe_error(exc, record.attempt)
+        retry_in = None
+        if retry and record.attempt < record.max_attempts and job.retry.should_retry(exc):
+            retry_in = job.retry.delay(record.attempt)
+            self.stats.retried += 1
+            logger.info(
+                "run %d (%s) attempt %d failed, retrying in %.2f s: %s",
+                record.id,
+                job.name,
+                record.attempt,
+                retry_in,
+                error["message"],
+            )
+        else:
+            self.stats.failed += 1
+            logger.warning(
+                "run %d (%s) failed: %s: %s", record.id, job.name, error["type"], error["message"]
+            )
+        return Completion(
+            record.id, record.attempt, RunStatus.FAILED, error=error, retry_in=retry_in
+        )
+
+    def _stopped_completion(self, execution: _Execution) -> Completion | None:
+        record = execution.record
+        if execution.stop_reason is StopReason.CANCELLED:
+            self.stats.cancelled += 1
+            return Completion(record.id, record.attempt, RunStatus.CANCELLED)
+        if execution.stop_reason is StopReason.SHUTDOWN:
+            self.stats.handed_back += 1
+            return Completion(record.id, record.attempt, RunStatus.PENDING, handback=True)
+        return None  # lease lost: the run belongs to another attempt now
+
+    @contextlib.asynccontextmanager
+    async def _yield_slot(self) -> AsyncIterator[None]:
+        self._slots.give_back()
+        self._wake.set()
+        try:
+            yield
+        finally:
+            await self._slots.take_when_free()
+
+    async def _emit(self, run_id: int, attempt: int, kind: str, data: dict[str, Any]) -> None:
+        await self._events.add((run_id, attempt, kind, data))
+
+    # ------------------------------------------------------------------ database writes
+
+    async def _flush_completions(self, completions: list[Completion]) -> None:
+        accepted = await self.backend.complete(self.id, completions)
+        rejected = [c for c in completions if c.run_id not in accepted]
+        if rejected:
+            self.stats.fenced_off += len(rejected)
+            logger.warning(
+                "worker %s: %d completions fenced off (the runs were rescued or cancelled "
+                "meanwhile): %s",
+                self.id,
+                len(rejected),
+                [(c.run_id, c.attempt) for c in rejected][:20],
+            )
+
+    async def _flush_events(self, events: list[tuple[int, int, str, dict[str, Any]]]) -> None:
+        await self.backend.add_events(self.id, events)
+
+    # ------------------------------------------------------------------ leases
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            owned = [(e.record.id, e.record.attempt) for e in self._running.values()]
+            try:
+                beat = await self.backend.heartbeat(self.id, owned, self.lease)
+            except DatabaseUnavailable:
+                continue  # the batchers and the claim loop already report the outage
+            if not beat.registered:
+                logger.warning(
+                    "worker %s was declared dead (missed heartbeats); re-registering", self.id
+                )
+                await self.backend.register_worker(
+                    WorkerInfo(
+                        self.id,
+                        socket.gethostname(),
+                        os.getpid(),
+                        tuple(self.queues),
+                        tuple(self.job_names),
+                        self.concurrency,
+                    )
+                )
+            for run_id, _attempt in owned:
+                execution = self._running.get(run_id)
+                if execution is None:
+                    continue
+                if run_id not in beat.kept:
+                    self.stats.leases_lost += 1
+                    logger.warning(
+                        "worker %s lost the lease of run %d; cancelling it", self.id, run_id
+                    )
+                    self._cancel(execution, StopReason.LEASE_LOST)
+                elif run_id in beat.cancel_requested:
+                    self._cancel(execution, StopReason.CANCELLED)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            # jitter, so that many workers started together do not sweep together
+            await asyncio.sleep(self.sweep_interval * random.uniform(0.8, 1.2))
+            try:
+                result = await self.backend.sweep(self.lease)
+            except DatabaseUnavailable:
+                continue
+            self.stats.rescued_by_sweep += result.restarted + result.failed
+            if result.restarted or result.failed or result.expired:
+                logger.warning("sweep: %s", result)
+
+
+def describe_error(exc: BaseException, attempt: int) -> dict[str, Any]:
+    """Type, message and traceback of an exception, as stored on the run."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(exc))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        text = "… (cut)\n" + text[-MAX_TRACEBACK_CHARS:]
+    return {"type": name, "message": str(exc)[:4000], "traceback": text, "attempt": attempt}
