@@ -5,6 +5,7 @@ Typed jobs, cluster-wide concurrency limits, fenced completions, trace trees of 
 """
 
 from asyncjobs.app import App as App
+from asyncjobs.backends.base import PruneResult as PruneResult
 from asyncjobs.client import Client as Client
 from asyncjobs.client import Run as Run
 from asyncjobs.context import Context as Context
@@ -25,9 +26,12 @@ from asyncjobs.errors import RunNotFound as RunNotFound
 from asyncjobs.errors import RunTimeout as RunTimeout
 from asyncjobs.errors import SchemaMismatch as SchemaMismatch
 from asyncjobs.errors import UnknownJob as UnknownJob
+from asyncjobs.feed import TraceUpdate as TraceUpdate
+from asyncjobs.feed import UpdateKind as UpdateKind
 from asyncjobs.jobs import Job as Job
 from asyncjobs.jobs import RunOptions as RunOptions
 from asyncjobs.retry import RetryPolicy as RetryPolicy
+from asyncjobs.runs import EventCursor as EventCursor
 from asyncjobs.runs import RunEvent as RunEvent
 from asyncjobs.runs import RunPage as RunPage
 from asyncjobs.runs import RunRecord as RunRecord
@@ -46,9 +50,11 @@ __all__ = (
     "DatabaseUnavailable",
     "DuplicateRun",
     "EmbeddedPostgresError",
+    "EventCursor",
     "InvalidArguments",
     "Job",
     "JobTimeout",
+    "PruneResult",
     "RetryPolicy",
     "Run",
     "RunCancelled",
@@ -63,8 +69,11 @@ __all__ = (
     "RunStatus",
     "RunTimeout",
     "SchemaMismatch",
+    "TraceUpdate",
     "Trigger",
     "UnknownJob",
+    "UpdateKind",
     "Worker",
     "WorkerStats",
+    "get_context",
 )

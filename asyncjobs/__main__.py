@@ -60,10 +60,14 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", help="comma-separated queues (default: all of the app's)")
     parser.add_argument("--drain-timeout", type=float, default=20.0,
                         help="seconds running jobs get to finish on SIGTERM (default 20)")
-    parser.add_argument("--lease", type=float, default=20.0, help="lease seconds (default 20)")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0)
-    parser.add_argument("--sweep-interval", type=float, default=5.0)
-    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--lease", type=float, default=20.0,
+                        help="seconds a run stays owned without a heartbeat (default 20)")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0,
+                        help="seconds between heartbeats; below the lease (default 5)")
+    parser.add_argument("--sweep-interval", type=float, default=5.0,
+                        help="most seconds between two sweeps for expired leases (default 5)")
+    parser.add_argument("--poll-interval", type=float, default=1.0,
+                        help="seconds between looks for work without a NOTIFY (default 1)")
     parser.add_argument("--worker-id", help="stable id for this worker (default: host-pid-random)")
     parser.add_argument("--migrate", action="store_true", help="apply migrations first")
 

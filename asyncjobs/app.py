@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from asyncjobs.backends.base import Backend, JobDefinition, QueueDefinition
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES
 from asyncjobs.context import Context
-from asyncjobs.errors import ConfigurationError, UnknownJob
+from asyncjobs.errors import ConfigurationError, InvalidArguments, UnknownJob
+from asyncjobs.hooks import (
+    FailedEvent,
+    FailedHook,
+    Hooks,
+    RunHook,
+    RunHookEvent,
+    WorkerEvent,
+    WorkerHook,
+)
 from asyncjobs.jobs import DEFAULT_QUEUE, Job
 from asyncjobs.retry import RetryOn, RetryPolicy
+from asyncjobs.schedules import (
+    DEFAULT_MISFIRE,
+    MisfirePolicy,
+    ScheduleDefinition,
+    define_schedule,
+)
 
 if TYPE_CHECKING:
     from asyncjobs.client import Client
+    from asyncjobs.web import Dashboard
     from asyncjobs.worker import Worker
 
 P = ParamSpec("P")
@@ -43,6 +60,10 @@ class App:
         self.queues: dict[str, QueueDefinition] = {
             DEFAULT_QUEUE: QueueDefinition(DEFAULT_QUEUE, None)
         }
+        #: schedules by name (``@app.job(schedule=...)``, ``app.schedule``)
+        self.schedules: dict[str, ScheduleDefinition] = {}
+        #: lifecycle hooks (``@app.on``)
+        self.hooks = Hooks()
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} jobs={sorted(self.jobs)}>"
@@ -75,12 +96,19 @@ class App:
         backoff_cap: float = 300.0,
         timeout: float | None = None,
         aliases: Sequence[str] = (),
+        redact: Sequence[str] = (),
+        schedule: str | None = None,
+        every: timedelta | None = None,
+        initial_delay: timedelta | None = None,
+        timezone: str | None = None,
+        schedule_args: Mapping[str, Any] | None = None,
+        misfire: MisfirePolicy = DEFAULT_MISFIRE,
+        all_nodes: bool = False,
     ) -> _JobDecorator: ...
 
     def job(
         self,
         fn: Callable[..., Awaitable[Any]] | None = None,
-        /,
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
@@ -92,8 +120,20 @@ class App:
         backoff_cap: float = 300.0,
         timeout: float | None = None,
         aliases: Sequence[str] = (),
+        redact: Sequence[str] = (),
+        schedule: str | None = None,
+        every: timedelta | None = None,
+        initial_delay: timedelta | None = None,
+        timezone: str | None = None,
+        schedule_args: Mapping[str, Any] | None = None,
+        misfire: MisfirePolicy = DEFAULT_MISFIRE,
+        all_nodes: bool = False,
     ) -> Job[Any, Any] | _JobDecorator:
-        """Register an async function as a job, bare (``@app.job``) or with options."""
+        """Register an async function as a job, bare (``@app.job``) or with options.
+
+        ``schedule`` (a cron expression) or ``every`` (an interval) also fires it on a
+        schedule named after the job; the other schedule options are those of ``schedule()``.
+        """
 
         def register(function: Callable[..., Awaitable[Any]]) -> Job[Any, Any]:
             job: Job[Any, Any] = Job(
@@ -106,8 +146,21 @@ class App:
                 timeout=timeout,
                 max_args_bytes=self.max_args_bytes,
                 aliases=aliases,
+                redact=redact,
             )
+            timed = None
+            if schedule is not None or every is not None:
+                timed = self._define_schedule(
+                    job, job.name, schedule, every, initial_delay, timezone, schedule_args,
+                    misfire, all_nodes,
+                )
+            elif (initial_delay, timezone, schedule_args) != (None, None, None) or all_nodes:
+                raise ConfigurationError(
+                    f"job {job.name!r}: schedule options given without `schedule` or `every`"
+                )
             self._add(job)
+            if timed is not None:
+                self._add_schedule(timed)
             return job
 
         if fn is not None:
@@ -123,6 +176,91 @@ class App:
         self.jobs[job.name] = job
         self._aliases.update(dict.fromkeys(job.aliases, job.name))
         self.queues.setdefault(job.queue, QueueDefinition(job.queue, None))
+
+    def schedule(
+        self,
+        job: str | Job[Any, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        initial_delay: timedelta | None = None,
+        timezone: str | None = None,
+        args: Mapping[str, Any] | None = None,
+        misfire: MisfirePolicy = DEFAULT_MISFIRE,
+        all_nodes: bool = False,
+        name: str | None = None,
+    ) -> ScheduleDefinition:
+        """Fire ``job`` on a schedule: ``cron`` (five fields, or six with seconds last, in
+        ``timezone``, default UTC) or ``every`` (an interval; the first tick comes
+        ``initial_delay`` after the schedule is first stored, at once by default).
+
+        ``args`` are the run's arguments, validated now. ``misfire`` says what happens to
+        ticks missed while no worker ran: ``"skip"``, ``"once"`` (the default: one catch-up
+        run) or ``"all"`` (each, at most 100). ``all_nodes=True`` fires one run per tick on
+        every worker that serves the job's queue, each claimable by that worker only.
+        ``name`` (default: the job's name) is the stable key of the stored schedule; give
+        one to put several schedules on one job. Workers store schedules when they start.
+        """
+        resolved = self.get_job(job)
+        definition = self._define_schedule(
+            resolved, name or resolved.name, cron, every, initial_delay, timezone, args,
+            misfire, all_nodes,
+        )
+        self._add_schedule(definition)
+        return definition
+
+    def _define_schedule(
+        self,
+        job: Job[Any, Any],
+        name: str,
+        cron: str | None,
+        every: timedelta | None,
+        initial_delay: timedelta | None,
+        timezone: str | None,
+        args: Mapping[str, Any] | None,
+        misfire: MisfirePolicy,
+        all_nodes: bool,
+    ) -> ScheduleDefinition:
+        try:
+            args_json = job.args.encode(dict(args or {}))
+        except InvalidArguments as exc:
+            raise ConfigurationError(f"schedule {name!r}: bad schedule args: {exc}") from exc
+        return define_schedule(
+            name=name,
+            job=job.name,
+            cron=cron,
+            every=every,
+            initial_delay=initial_delay,
+            timezone=timezone,
+            args_json=args_json,
+            misfire=misfire,
+            all_nodes=all_nodes,
+            # a renamed job keeps the schedule stored under its old name
+            previous_names=job.aliases if name == job.name else (),
+        )
+
+    def _add_schedule(self, definition: ScheduleDefinition) -> None:
+        if definition.name in self.schedules:
+            raise ConfigurationError(f"a schedule named {definition.name!r} already exists")
+        self.schedules[definition.name] = definition
+
+    @overload
+    def on(self, event: WorkerEvent) -> Callable[[WorkerHook], WorkerHook]: ...
+
+    @overload
+    def on(self, event: RunHookEvent) -> Callable[[RunHook], RunHook]: ...
+
+    @overload
+    def on(self, event: FailedEvent) -> Callable[[FailedHook], FailedHook]: ...
+
+    def on(self, event: str) -> Callable[[Any], Any]:
+        """Add a lifecycle hook (see ``asyncjobs.hooks`` for the events and signatures)::
+
+            @app.on("failed")
+            async def alert(ctx: Context, error: BaseException) -> None: ...
+        """
+        self.hooks.check(event)  # fail at the decorator line, not when it is applied
+        return lambda hook: self.hooks.add(event, hook)
 
     def get_job(self, name: str | Job[Any, Any]) -> Job[Any, Any]:
         """A registered job by name or alias; raises ``UnknownJob``."""
@@ -163,6 +301,19 @@ class App:
         from asyncjobs.worker import Worker
 
         return Worker(self, dsn, **options)
+
+    def asgi(self, dsn: str | Backend, **settings: Any) -> Dashboard:
+        """The dashboard (HTTP API, SSE and viewer) as an ASGI app, to serve or to mount::
+
+            dashboard = app.asgi("postgresql://...")
+            web = Starlette(routes=[Mount("/jobs", dashboard)], lifespan=dashboard.lifespan)
+
+        ``settings`` are those of ``asyncjobs.web.DashboardSettings`` (token, limits,
+        retention...). It opens its own client on first use, or in ``lifespan``.
+        """
+        from asyncjobs.web import Dashboard, DashboardSettings
+
+        return Dashboard(self, dsn, DashboardSettings(**settings))
 
 
 class _JobDecorator:

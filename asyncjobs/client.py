@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 
-from asyncjobs.backends.base import Backend, NewRun, RunFilter
+from asyncjobs.backends.base import (
+    Backend,
+    JobState,
+    NewRun,
+    PruneResult,
+    QueueState,
+    RunFilter,
+)
 from asyncjobs.context import current_context
 from asyncjobs.errors import (
     ConfigurationError,
@@ -22,9 +30,14 @@ from asyncjobs.errors import (
     RunFailed,
     RunNotFound,
     RunTimeout,
+    UnknownJob,
 )
+from asyncjobs.explain import DEFAULT_WORKER_TTL, Explanation, explain
+from asyncjobs.feed import DEFAULT_GRACE, NotifySource, TraceUpdate, resolve_root, trace_updates
 from asyncjobs.jobs import Job
-from asyncjobs.runs import RunEvent, RunPage, RunRecord, RunStatus, Trigger
+from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus, Trigger
+from asyncjobs.schedules import ScheduleState
+from asyncjobs.summary import JobSummary, LastSuccess
 from asyncjobs.waiters import ResultWaiter
 
 if TYPE_CHECKING:
@@ -34,6 +47,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
+
+#: what ``Client.set_enabled`` switches
+SwitchKind = Literal["job", "queue", "schedule"]
 
 _current_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
     "asyncjobs_current_client", default=None
@@ -101,10 +117,9 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         if self._token is not None:
-            try:
+            # exited in another context than it was entered in: nothing to restore there
+            with contextlib.suppress(ValueError):
                 _current_client.reset(self._token)
-            except ValueError:  # exited in another context than entered; nothing to restore
-                pass
             self._token = None
         await self._waiter.stop()
         if self._owns_backend:
@@ -237,8 +252,13 @@ class Client:
         trigger: Trigger | str | None = None,
         limit: int = 100,
         cursor: int | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> RunPage:
-        """Runs newest first, filtered; pass ``page.next_cursor`` back for the next page."""
+        """Runs newest first, filtered; pass ``page.next_cursor`` back for the next page.
+
+        ``created_after`` is inclusive, ``created_before`` exclusive.
+        """
         if not 1 <= limit <= 1000:
             raise InvalidArguments("limit must be between 1 and 1000")
         where = RunFilter(
@@ -249,6 +269,8 @@ class Client:
             trigger=None if trigger is None else _enum(Trigger, trigger),
             before_id=cursor,
             limit=limit,
+            created_after=created_after,
+            created_before=created_before,
         )
         runs = await self.backend.get_runs(where)
         return RunPage(runs, runs[-1].id if len(runs) == limit else None)
@@ -256,6 +278,55 @@ class Client:
     async def get_events(self, run_id: int, after_id: int = 0, limit: int = 1000) -> list[RunEvent]:
         """Progress, log and state-change events of one run, oldest first."""
         return await self.backend.get_events(run_id, after_id, limit)
+
+    # ------------------------------------------------------------------ watching
+
+    async def watch(
+        self,
+        run_id: int,
+        *,
+        after: EventCursor | str | None = None,
+        poll_interval: float = 1.0,
+        grace: float = DEFAULT_GRACE,
+    ) -> AsyncIterator[TraceUpdate]:
+        """Follow the trace tree of a run live, straight from the database.
+
+        Yields what the dashboard streams over SSE: a ``snapshot`` of the tree under the
+        run's root (unless resuming ``after`` a cursor), then ``events`` updates as they
+        become final, then ``end`` once every run has finished. ``update.cursor`` (or its
+        ``str``) resumes with no gap and no duplicate. Raises ``RunNotFound``::
+
+            async for update in client.watch(run.id):
+                for event in update.events:
+                    print(event.run_id, event.kind, event.data)
+        """
+        root = await resolve_root(self.backend, run_id)
+        cursor = EventCursor.parse(after) if isinstance(after, str) else after
+        async with NotifySource(self.backend, poll_interval) as source:
+            async for update in trace_updates(
+                self.backend, root, source, after=cursor, grace=grace
+            ):
+                yield update
+
+    async def prune(self, older_than: timedelta, *, batch_size: int = 500) -> PruneResult:
+        """Retention: delete the trace trees (runs and their events) whose runs all finished
+        more than ``older_than`` ago, ``batch_size`` trees per statement. Trees with an
+        active run are kept whole. Returns what was deleted."""
+        if older_than < timedelta(0) or batch_size < 1:
+            raise InvalidArguments("older_than must not be negative and batch_size positive")
+        cutoff = datetime.now(UTC) - older_than
+        total = PruneResult()
+        while True:
+            done = await self.backend.prune(cutoff, batch_size)
+            total = PruneResult(
+                total.trees + done.trees, total.runs + done.runs, total.events + done.events
+            )
+            if done.trees < batch_size:
+                return total
+
+    async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
+        """Queues and jobs as stored by workers, with their ``enabled`` switches."""
+        return await self.backend.list_definitions()
 
     # ------------------------------------------------------------------ control
 
@@ -278,6 +349,68 @@ class Client:
     async def set_queue_enabled(self, name: str, enabled: bool) -> None:
         if not await self.backend.set_enabled("queue", name, enabled):
             raise ConfigurationError(f"queue {name!r} is not registered in the database yet")
+
+    # ------------------------------------------------------------------ schedules and insight
+
+    async def set_schedule_enabled(self, name: str, enabled: bool) -> None:
+        """Disable (or enable again) a schedule cluster-wide. A disabled schedule fires
+        nothing; enabling it starts its timing from now, without catching up."""
+        await self.set_enabled("schedule", name, enabled)
+
+    async def set_enabled(self, kind: SwitchKind, name: str, enabled: bool) -> None:
+        """Switch a ``"job"``, ``"queue"`` or ``"schedule"`` by name (the CLI's
+        ``asyncjobs enable|disable``). A job name may be an alias of a job this client's app
+        knows; unknown names raise ``ConfigurationError``."""
+        if kind not in ("job", "queue", "schedule"):
+            raise ConfigurationError(f"cannot enable or disable a {kind!r}")
+        if kind == "job":
+            with contextlib.suppress(UnknownJob):
+                name = self.app.get_job(name).name
+        if not await self.backend.set_enabled(kind, name, enabled):
+            raise ConfigurationError(f"{kind} {name!r} is not registered in the database yet")
+
+    async def get_schedules(self) -> list[ScheduleState]:
+        """Every stored schedule with its next and last fire time and its switches."""
+        _, states = await self.backend.get_schedules(None)
+        return states
+
+    async def explain(
+        self, run_id: int, *, worker_ttl: float = DEFAULT_WORKER_TTL
+    ) -> Explanation:
+        """Why a run is where it is: for a pending run, each concrete reason it waits
+        (``not_before`` ahead, retry backoff, job or queue disabled, a full job or queue limit
+        and the runs holding it — parents waiting on children included —, no live worker,
+        past its deadline), or that nothing holds it back; for others, their state.
+
+        A worker counts as live if its heartbeat is at most ``worker_ttl`` seconds old.
+        Raises ``RunNotFound``.
+        """
+        facts = await self.backend.run_facts(run_id, worker_ttl)
+        if facts is None:
+            raise RunNotFound(run_id)
+        return explain(facts)
+
+    async def job_summary(
+        self, job: str | Job[Any, Any], window: timedelta = timedelta(hours=24)
+    ) -> JobSummary:
+        """Runs of ``job`` created within ``window``: counts by status, p50/p95 duration of
+        those finished, and the last successful run ever. Runs stored under the job's
+        aliases count as its own."""
+        names = self._job_names(job)
+        return await self.backend.job_summary(names, window.total_seconds())
+
+    async def last_success(self, job: str | Job[Any, Any]) -> LastSuccess | None:
+        """The most recently finished successful run of ``job`` (time, id, duration)."""
+        return (await self.job_summary(job, timedelta(0))).last_success
+
+    def _job_names(self, job: str | Job[Any, Any]) -> list[str]:
+        if isinstance(job, Job):
+            return [job.name, *job.aliases]
+        try:
+            known = self.app.get_job(job)
+        except UnknownJob:
+            return [job]  # e.g. the CLI, whose app knows no jobs
+        return [known.name, *known.aliases]
 
 
 def _absolute(value: datetime | timedelta | None, now: datetime) -> datetime | None:

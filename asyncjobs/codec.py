@@ -130,7 +130,7 @@ def args_codec(
         # cannot shadow a BaseModel attribute; the alias is the real parameter name.
         fields[f"p{index}"] = (annotation, pydantic.Field(default, alias=param.name))
     try:
-        model = pydantic.create_model(  # type: ignore[call-overload]
+        model = pydantic.create_model(
             f"{job_name}_arguments", __config__=_ARGS_CONFIG, **fields
         )
     except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:

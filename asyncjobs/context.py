@@ -28,12 +28,22 @@ class Context:
 
     ``run`` is the run as claimed; ``attempt`` counts from 1. Triggering other jobs from inside
     the job records this run as their parent.
+
+    ``cancel_requested`` turns true when ``Client.cancel`` asked to cancel this run (it
+    reaches the worker by NOTIFY, or by the next heartbeat when the notification was lost).
+    The worker then also cancels the job's task: ``asyncio.CancelledError`` is raised at its
+    next ``await``. A job that must clean up catches it, checks ``ctx.cancel_requested`` to
+    tell a cancellation (do not redo the work) from a shutdown or a lost lease (the run will
+    be attempted again), and re-raises; the run is then recorded as cancelled (a job that
+    swallows the error and returns is recorded as succeeded). Work in a thread
+    (``asyncio.to_thread``), which task cancellation cannot stop, polls the flag instead.
     """
 
     run: RunRecord
     client: Client
     _emit: Callable[[int, int, str, dict[str, Any]], Awaitable[None]] = field(repr=False)
     _yield_slot: Callable[[], contextlib.AbstractAsyncContextManager[None]] = field(repr=False)
+    #: set by the worker when cancellation of this run was requested (see the class docs)
     cancel_requested: bool = False
 
     @property

@@ -415,9 +415,9 @@ class EmbeddedPostgres:
         """Stop and start again on the same data folder and port.
 
         A fast shutdown by default: sessions are ended, committed data is kept. With
-        ``immediate=True`` the server stops like a crash and runs crash recovery on start; committed data
-        survives because ``synchronous_commit`` stays on (with ``off`` the last ~0.5 s of
-        commits would be lost, measured here).
+        ``immediate=True`` the server stops like a crash and runs crash recovery on start;
+        committed data survives because ``synchronous_commit`` stays on (with ``off`` the
+        last ~0.5 s of commits would be lost, measured here).
         """
         with self._resources.lock:
             if self._resources.base_dir is None:

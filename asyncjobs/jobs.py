@@ -74,6 +74,7 @@ class Job(Generic[P, R]):
         max_args_bytes: int,
         aliases: Sequence[str] = (),
         options: RunOptions | None = None,
+        redact: Sequence[str] = (),
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(f"job {name!r} must be an async function")
@@ -95,6 +96,8 @@ class Job(Generic[P, R]):
         self.takes_context, signature, hints = _split_signature(fn)
         self.args: ArgsCodec = args_codec(name, signature, hints, max_args_bytes)
         self.result: ResultCodec = result_codec(name, hints.get("return", inspect.Signature.empty))
+        #: argument paths (``"password"``, ``"card.number"``) the dashboard never shows
+        self.redact = _redact_paths(name, redact, signature)
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} queue={self.queue!r}>"
@@ -148,6 +151,19 @@ class Job(Generic[P, R]):
         )
 
 
+def _redact_paths(name: str, paths: Sequence[str], signature: inspect.Signature) -> tuple[str, ...]:
+    """Check redaction paths against the parameters: a typo must not leak a secret."""
+    if isinstance(paths, str):
+        raise ConfigurationError(f"job {name!r}: redact takes a list of names, not a string")
+    for path in paths:
+        first = path.split(".", 1)[0]
+        if not path or "" in path.split(".") or first not in signature.parameters:
+            raise ConfigurationError(
+                f"job {name!r}: cannot redact {path!r}: {first!r} is not one of its parameters"
+            )
+    return tuple(paths)
+
+
 def _split_signature(
     fn: Callable[..., Any],
 ) -> tuple[bool, inspect.Signature, dict[str, Any]]:
@@ -156,7 +172,8 @@ def _split_signature(
     try:
         hints = typing.get_type_hints(fn)
     except (NameError, TypeError) as exc:
-        raise ConfigurationError(f"cannot resolve the annotations of {fn.__qualname__}: {exc}")
+        message = f"cannot resolve the annotations of {fn.__qualname__}: {exc}"
+        raise ConfigurationError(message) from exc
     params = list(signature.parameters.values())
     takes_context = bool(params) and hints.get(params[0].name) is Context
     if takes_context:

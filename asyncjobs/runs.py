@@ -81,6 +81,14 @@ class RunRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
     progress: float | None = None
     status_message: str | None = None
+    #: the schedule that fired this run, and the tick it fired for
+    schedule: str | None = None
+    scheduled_at: datetime | None = None
+    #: an ``all_nodes`` copy: only this worker may claim it
+    target_worker: str | None = None
+    #: the id of the run's latest event when this record was read, where the read asked for
+    #: it (0 otherwise): of two records of one run, the one with the larger version is newer
+    version: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -100,6 +108,13 @@ class RunEvent:
     at: datetime
     kind: str
     data: dict[str, Any]
+    #: the writing transaction's id (``pg_current_xact_id()``); with ``id`` it orders the feed
+    xid: int = 0
+
+    @property
+    def cursor(self) -> EventCursor:
+        """This event's position in the event feed."""
+        return EventCursor(self.xid, self.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +123,29 @@ class RunPage:
 
     runs: list[RunRecord]
     next_cursor: int | None
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class EventCursor:
+    """A position in the event feed: events are ordered by ``(xid, id)``, not by ``id`` alone.
+
+    An event id is taken when the row is inserted, but becomes visible only when its
+    transaction commits, so "after id N" can skip an event with a smaller id that commits
+    later. Readers deliver an event only once every transaction older than its own has ended
+    (see ``asyncjobs.feed``), which makes ``(xid, id)`` an order in which nothing is ever
+    inserted behind a delivered position. Written as ``"<xid>-<id>"`` (the SSE event id).
+    """
+
+    xid: int = 0
+    id: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.xid}-{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> EventCursor:
+        """``"<xid>-<id>"`` → cursor; raises ``ValueError`` on anything else."""
+        xid, sep, event_id = text.strip().partition("-")
+        if not sep or not xid.isdigit() or not event_id.isdigit() or len(text) > 41:
+            raise ValueError(f"not an event cursor: {text[:50]!r}")
+        return cls(int(xid), int(event_id))

@@ -17,7 +17,7 @@ class TraceNode:
 def build_tree(runs: Iterable[RunRecord]) -> list[TraceNode]:
     """Nest runs by ``parent_run_id``; runs whose parent is not in the set are roots."""
     nodes = {run.id: TraceNode(run) for run in sorted(runs, key=lambda r: r.id)}
-    roots = []
+    roots: list[TraceNode] = []
     for node in nodes.values():
         parent = nodes.get(node.run.parent_run_id or -1)
         (parent.children if parent else roots).append(node)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from asyncjobs.backends.base import Backend, Notification
-from asyncjobs.errors import DatabaseUnavailable
+from asyncjobs.errors import DatabaseError
 from asyncjobs.runs import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,11 @@ class ResultWaiter:
                 continue
             try:
                 finished = await self._backend.terminal_runs(sorted(ids))
-            except DatabaseUnavailable as exc:
+            except DatabaseError as exc:
+                # any database error, not only an outage: this task serves every waiter of the
+                # client, so it must outlive the error and try again at the next poll
                 if not outage:
-                    logger.warning("cannot check run results, database unavailable: %s", exc)
+                    logger.warning("cannot check run results, will retry: %s", exc)
                     outage = True
                 self._check_all = True
                 continue

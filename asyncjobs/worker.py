@@ -24,28 +24,37 @@ import signal
 import socket
 import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from asyncjobs.app import App
-from asyncjobs.backends.base import Backend, Completion, Notification, WorkerInfo
+from asyncjobs.backends.base import Backend, Completion, Heartbeat, Notification, WorkerInfo
 from asyncjobs.batcher import Batcher
 from asyncjobs.client import Client
 from asyncjobs.context import Context, current_context
 from asyncjobs.errors import (
     ConfigurationError,
+    DatabaseError,
     DatabaseUnavailable,
     InvalidArguments,
     JobTimeout,
 )
 from asyncjobs.jobs import Job
+from asyncjobs.runlog import DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, EventGate, RunReporting
 from asyncjobs.runs import RunRecord, RunStatus
+from asyncjobs.scheduler import Scheduler
 from asyncjobs.slots import Slots
 
 logger = logging.getLogger(__name__)
 
 MAX_TRACEBACK_CHARS = 20_000
+#: after a second signal, seconds left for cancelled jobs to end and hand-backs to be written
+ABORT_GRACE = 1.0
+#: longest wait between two tries while the database fails in an unexpected way
+MAX_ERROR_BACKOFF = 30.0
+#: the first stops gracefully, a second one at once
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopReason(enum.Enum):
@@ -64,6 +73,9 @@ class _Execution:
     record: RunRecord
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
+    context: Context | None = None
+    #: the exception of a failed attempt (for the ``failed`` hooks)
+    error: BaseException | None = None
 
 
 @dataclass
@@ -89,8 +101,19 @@ class Worker:
     or simply ``await worker.run()``; SIGTERM/SIGINT stop it gracefully when
     ``handle_signals=True``.
 
-    Timing defaults: heartbeat every 5 s, lease 20 s (four missed heartbeats), sweep every 5 s:
-    a crashed worker's runs are pending again within about ``lease + sweep_interval``.
+    Fault-tolerance settings (seconds; README "Guarantees and failure modes"):
+
+    * ``heartbeat_interval`` (5) — how often the worker marks itself alive and extends the
+      leases of its runs;
+    * ``lease`` (20, four heartbeats) — how long a run stays owned without a heartbeat; after
+      that any worker's sweeper may rescue it (judged by the database clock). A job that
+      blocks the event loop longer than this gets its run rescued while it still runs;
+    * ``sweep_interval`` (5) — at most this long between two sweeps of one worker, so a
+      crashed worker's runs are pending again within ``lease + sweep_interval`` while any
+      worker lives, and its ``workers`` row is removed by the same sweeps;
+    * ``drain_timeout`` (20) — on ``stop()`` / SIGTERM, how long running jobs may finish before
+      they are cancelled and handed back as pending (trigger ``restart``, no attempt used);
+    * ``poll_interval`` (1) — how often to look for work when no NOTIFY arrives.
     """
 
     def __init__(
@@ -108,12 +131,18 @@ class Worker:
         drain_timeout: float = 20.0,
         migrate: bool = False,
         handle_signals: bool = False,
+        event_rate: float = DEFAULT_EVENT_RATE,
+        event_burst: int = DEFAULT_EVENT_BURST,
         **backend_options: Any,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        if not heartbeat_interval < lease:
-            raise ConfigurationError("heartbeat_interval must be shorter than the lease")
+        if not 0 < heartbeat_interval < lease:
+            raise ConfigurationError("heartbeat_interval must be positive and below the lease")
+        if not (sweep_interval > 0 and poll_interval > 0 and drain_timeout >= 0):
+            raise ConfigurationError(
+                "sweep_interval and poll_interval must be positive, drain_timeout not negative"
+            )
         self.app = app
         if migrate:
             backend_options["migrate"] = True
@@ -139,6 +168,8 @@ class Worker:
         self.client = Client(app, self.backend, poll_interval=poll_interval)
         self._slots = Slots(concurrency)
         self._running: dict[int, _Execution] = {}
+        #: run id → attempt of completions queued but not yet written (their leases are kept)
+        self._finishing: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
@@ -148,6 +179,11 @@ class Worker:
             "events", self._flush_events
         )
         self._main: asyncio.Task[None] | None = None
+        self._signals_installed = False
+        #: fires the app's schedules (asyncjobs.scheduler); its loop runs only if there are any
+        self.scheduler = Scheduler(app, self.backend, self.id, self.queues, max_idle=poll_interval)
+        # progress/log rate limits per run, and `logging` capture (asyncjobs.runlog)
+        self._reporting = RunReporting(self._events.add, rate=event_rate, burst=event_burst)
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} queues={self.queues} concurrency={self.concurrency}>"
@@ -160,31 +196,36 @@ class Worker:
             await self.wait()
 
     async def __aenter__(self) -> Worker:
+        await self.app.hooks.worker("starting", self)
         await self.client.__aenter__()
         queues, jobs = self.app.definitions()
         await self.backend.register_definitions(queues, jobs)
-        await self.backend.register_worker(
-            WorkerInfo(
-                self.id,
-                socket.gethostname(),
-                os.getpid(),
-                tuple(self.queues),
-                tuple(self.job_names),
-                self.concurrency,
-            )
-        )
+        await self.scheduler.register()
+        await self.backend.register_worker(self._info())
         self.backend.add_listener(self._on_notification)
+        self._reporting.start_capture()
         self._main = asyncio.create_task(self._serve(), name=f"asyncjobs-worker-{self.id}")
         if self.handle_signals:
             self._install_signal_handlers()
         logger.info(
             "worker %s started: queues=%s concurrency=%d", self.id, self.queues, self.concurrency
         )
+        await self.app.hooks.worker("started", self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.stop()
         await self.wait()
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            tuple(self.queues),
+            tuple(self.job_names),
+            self.concurrency,
+        )
 
     async def wait(self) -> None:
         """Until the worker has stopped and released everything."""
@@ -201,6 +242,7 @@ class Worker:
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
+        self._signals_installed = True
 
         def on_signal(signum: int) -> None:
             if self._stopping.is_set():
@@ -210,8 +252,16 @@ class Worker:
                 logger.info("signal %d: stopping gracefully", signum)
                 self.stop()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
+
+    def _remove_signal_handlers(self) -> None:
+        """Once stopped, the signals belong to the program again (Ctrl-C must work)."""
+        if self._signals_installed:
+            self._signals_installed = False
+            loop = asyncio.get_running_loop()
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
 
     async def _serve(self) -> None:
         try:
@@ -222,7 +272,10 @@ class Worker:
                     group.create_task(self._heartbeat_loop()),
                     group.create_task(self._sweep_loop()),
                 ]
+                if self.scheduler.needed:
+                    helpers.append(group.create_task(self.scheduler.run(until=self._stopping)))
                 await self._claim_loop()
+                await self.app.hooks.worker("stopping", self)
                 await self._drain()
                 for helper in helpers:
                     helper.cancel()
@@ -230,39 +283,64 @@ class Worker:
             await self._close()
 
     async def _drain(self) -> None:
-        """After claiming stopped: let runs finish, then hand back what is left."""
+        """After claiming stopped: let runs finish, then hand back what is left.
+
+        A second signal (``stop(abort=True)``) cuts every step short: the jobs are cancelled at
+        once and the hand-backs get ``ABORT_GRACE`` seconds to be written. Whatever is not
+        written by then (the database is away, a job ignores cancellation) stays ``running``
+        in the database until its lease expires and a sweeper rescues it.
+        """
         pending = [e.task for e in self._running.values() if e.task is not None]
-        if pending and not self._abort.is_set():
+        if pending:
             logger.info(
-                "waiting up to %.0f s for %d running jobs", self.drain_timeout, len(pending)
+                "waiting up to %.1f s for %d running jobs", self.drain_timeout, len(pending)
             )
-            finished = asyncio.ensure_future(asyncio.wait(pending))
-            aborted = asyncio.ensure_future(self._abort.wait())
-            await asyncio.wait(
-                [finished, aborted], timeout=self.drain_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            finished.cancel()
-            aborted.cancel()
+            await self._unless_aborted(asyncio.wait(pending), self.drain_timeout, grace=0)
         for execution in list(self._running.values()):
             self._cancel(execution, StopReason.SHUTDOWN)
         remaining = [e.task for e in self._running.values() if e.task is not None]
         if remaining:
-            await asyncio.wait(remaining)
-        await self._completions.drain()
-        await self._events.drain()
+            await self._unless_aborted(asyncio.wait(remaining))
+        await self._unless_aborted(self._completions.drain())
+        await self._unless_aborted(self._events.drain())
+        left = len(self._running) + len(self._finishing)
+        if left:
+            logger.warning(
+                "worker %s stopped with %d runs not handed back; they are rescued when their "
+                "leases expire",
+                self.id,
+                left,
+            )
+
+    async def _unless_aborted(
+        self, step: Awaitable[object], timeout: float | None = None, grace: float = ABORT_GRACE
+    ) -> None:
+        """Await ``step`` for up to ``timeout`` s, or ``grace`` s more once abort is asked."""
+        work = asyncio.ensure_future(step)
+        abort = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait([work, abort], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and abort.done() and grace > 0:
+                await asyncio.wait([work], timeout=grace)
+        finally:
+            work.cancel()
+            abort.cancel()
 
     async def _close(self) -> None:
+        self._remove_signal_handlers()
         self.backend.remove_listener(self._on_notification)
         with contextlib.suppress(DatabaseUnavailable):
             await self.backend.unregister_worker(self.id)
         await self.client.__aexit__(None, None, None)
+        self._reporting.stop_capture()
         self._stopped.set()
         logger.info("worker %s stopped: %s", self.id, self.stats)
+        await self.app.hooks.worker("stopped", self)
 
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
-        outage = False
+        trouble = _Trouble(f"worker {self.id}: claiming")
         while not self._stopping.is_set():
             free = self._slots.free
             if free <= 0:
@@ -273,19 +351,18 @@ class Worker:
                 records = await self.backend.claim(
                     self.id, self.queues, self.job_names, free, self.lease
                 )
-            except DatabaseUnavailable as exc:
-                if not outage:
-                    logger.warning("worker %s cannot claim, database unavailable: %s", self.id, exc)
-                    outage = True
-                await self._sleep(self.poll_interval)
+            except DatabaseError as exc:
+                # an outage ends with the listener's reconnect, which wakes this loop at once
+                trouble.failed(exc)
+                await self._sleep(max(self.poll_interval, trouble.backoff))
                 continue
-            if outage:
-                logger.warning("worker %s: database reachable again", self.id)
-                outage = False
+            trouble.ok()
             self.stats.claims += 1
             for record in records:
                 self._start(record)
-            if len(records) < free:
+            # Claim again at once while claims bring work: a claim can come back short
+            # because a limited job filled up mid-batch while other runs still wait.
+            if not records:
                 await self._sleep(self.poll_interval)
 
     async def _sleep(self, timeout: float | None) -> None:
@@ -312,6 +389,9 @@ class Worker:
     def _cancel(self, execution: _Execution, reason: StopReason) -> None:
         if execution.stop_reason is None and execution.task is not None:
             execution.stop_reason = reason
+            if reason is StopReason.CANCELLED and execution.context is not None:
+                # set before the task sees CancelledError, so its cleanup can tell why
+                execution.context.cancel_requested = True
             execution.task.cancel()
 
     # ------------------------------------------------------------------ executing
@@ -319,16 +399,34 @@ class Worker:
     async def _execute(self, execution: _Execution) -> None:
         record = execution.record
         job = self.app.get_job(record.job)
-        context = Context(record, self.client, self._emit, self._yield_slot)
+        gate = self._reporting.open(record.id, record.attempt)
+        context = Context(record, self.client, gate.emit, self._yield_slot)
+        execution.context = context
         current_context.set(context)  # this task has its own copy of the context
         try:
             completion = await self._attempt(execution, job, context)
+            await self._after_attempt(execution, context, completion, gate)
         finally:
+            gate.discard()
             self._slots.give_back()
             self._running.pop(record.id, None)
             self._wake.set()
         if completion is not None:
-            self._completions.add(completion)
+            self._report(completion)
+
+    def _report(self, completion: Completion) -> None:
+        """Queue a completion. Until it is flushed the heartbeat keeps extending the lease, so
+        a slow flush (database outage) cannot get a finished run rescued and run again."""
+        run_id, attempt = completion.run_id, completion.attempt
+        self._finishing[run_id] = attempt
+
+        def flushed(future: asyncio.Future[None]) -> None:
+            if not future.cancelled():
+                future.exception()  # retrieved: the batcher has logged it already
+            if self._finishing.get(run_id) == attempt:
+                del self._finishing[run_id]
+
+        self._completions.add(completion).add_done_callback(flushed)
 
     async def _attempt(
         self, execution: _Execution, job: Job[Any, Any], context: Context
@@ -340,6 +438,7 @@ class Worker:
                 kwargs = job.args.decode(record.args)
             except InvalidArguments as exc:  # stored arguments no longer fit the code
                 return self._failure(record, job, exc, retry=False)
+            await self.app.hooks.executing(context)
             async with asyncio.timeout(job.timeout) as deadline:
                 if job.takes_context:
                     value = await job.fn(context, **kwargs)
@@ -375,6 +474,9 @@ class Worker:
     def _failure(
         self, record: RunRecord, job: Job[Any, Any], exc: BaseException, *, retry: bool = True
     ) -> Completion:
+        execution = self._running.get(record.id)
+        if execution is not None:
+            execution.error = exc
         error = describe_error(exc, record.attempt)
         retry_in = None
         if retry and record.attempt < record.max_attempts and job.retry.should_retry(exc):
@@ -397,6 +499,28 @@ class Worker:
             record.id, record.attempt, RunStatus.FAILED, error=error, retry_in=retry_in
         )
 
+    async def _after_attempt(
+        self,
+        execution: _Execution,
+        context: Context,
+        completion: Completion | None,
+        gate: EventGate,
+    ) -> None:
+        """``executed`` / ``failed`` hooks, then the events the rate limit held back: all
+        before the completion is queued, as events of a finished run would be fenced off. A
+        cancellation arriving meanwhile comes too late: the attempt's outcome stands."""
+        try:
+            if completion is not None and completion.status is RunStatus.SUCCEEDED:
+                await self.app.hooks.executed(context)
+            elif completion is not None and completion.status is RunStatus.FAILED:
+                await self.app.hooks.failed(context, execution.error or RuntimeError("failed"))
+            await gate.close()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if execution.stop_reason is None or task is None:
+                raise
+            task.uncancel()
+
     def _stopped_completion(self, execution: _Execution) -> Completion | None:
         record = execution.record
         if execution.stop_reason is StopReason.CANCELLED:
@@ -415,9 +539,6 @@ class Worker:
             yield
         finally:
             await self._slots.take_when_free()
-
-    async def _emit(self, run_id: int, attempt: int, kind: str, data: dict[str, Any]) -> None:
-        await self._events.add((run_id, attempt, kind, data))
 
     # ------------------------------------------------------------------ database writes
 
@@ -440,51 +561,87 @@ class Worker:
     # ------------------------------------------------------------------ leases
 
     async def _heartbeat_loop(self) -> None:
+        trouble = _Trouble(f"worker {self.id}: heartbeat")
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             owned = [(e.record.id, e.record.attempt) for e in self._running.values()]
+            owned += self._finishing.items()
             try:
                 beat = await self.backend.heartbeat(self.id, owned, self.lease)
-            except DatabaseUnavailable:
-                continue  # the batchers and the claim loop already report the outage
-            if not beat.registered:
-                logger.warning(
-                    "worker %s was declared dead (missed heartbeats); re-registering", self.id
-                )
-                await self.backend.register_worker(
-                    WorkerInfo(
-                        self.id,
-                        socket.gethostname(),
-                        os.getpid(),
-                        tuple(self.queues),
-                        tuple(self.job_names),
-                        self.concurrency,
-                    )
-                )
-            for run_id, _attempt in owned:
-                execution = self._running.get(run_id)
-                if execution is None:
-                    continue
-                if run_id not in beat.kept:
-                    self.stats.leases_lost += 1
+                if not beat.registered:
                     logger.warning(
-                        "worker %s lost the lease of run %d; cancelling it", self.id, run_id
+                        "worker %s was declared dead (missed heartbeats); re-registering", self.id
                     )
-                    self._cancel(execution, StopReason.LEASE_LOST)
-                elif run_id in beat.cancel_requested:
-                    self._cancel(execution, StopReason.CANCELLED)
+                    await self.backend.register_worker(self._info())
+            except DatabaseError as exc:
+                # no backoff: the leases depend on the next try
+                trouble.failed(exc)
+                continue
+            trouble.ok()
+            self._apply(beat, owned)
+
+    def _apply(self, beat: Heartbeat, owned: list[tuple[int, int]]) -> None:
+        """Cancel what the heartbeat says this worker no longer owns or must cancel."""
+        for run_id, attempt in owned:
+            execution = self._running.get(run_id)
+            if execution is None or execution.record.attempt != attempt:
+                continue  # finished meanwhile; its completion is fenced on its own
+            if run_id not in beat.kept:
+                self.stats.leases_lost += 1
+                logger.warning(
+                    "worker %s lost the lease of run %d (attempt %d): it was rescued "
+                    "elsewhere; cancelling it, its result will not be written",
+                    self.id,
+                    run_id,
+                    attempt,
+                )
+                self._cancel(execution, StopReason.LEASE_LOST)
+            elif run_id in beat.cancel_requested:
+                self._cancel(execution, StopReason.CANCELLED)
 
     async def _sweep_loop(self) -> None:
+        """Sweep at random gaps between half and all of ``sweep_interval``: many workers
+        started together do not sweep together, and one live worker alone rescues a crashed
+        run within ``lease + sweep_interval`` of the last heartbeat before the crash."""
+        trouble = _Trouble(f"worker {self.id}: sweeping")
         while True:
-            # jitter, so that many workers started together do not sweep together
-            await asyncio.sleep(self.sweep_interval * random.uniform(0.8, 1.2))
+            await asyncio.sleep(self.sweep_interval * random.uniform(0.5, 1.0))
             try:
                 result = await self.backend.sweep(self.lease)
-            except DatabaseUnavailable:
+            except DatabaseError as exc:
+                trouble.failed(exc)
                 continue
+            trouble.ok()
             self.stats.rescued_by_sweep += result.restarted + result.failed
             if result.restarted or result.failed or result.expired:
                 logger.warning("sweep: %s", result)
+
+
+class _Trouble:
+    """Reports the database failures of one loop once when they start and once when they end,
+    not on every try; ``backoff`` grows while an unexpected error repeats."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+        self.backoff = 0.0
+
+    def failed(self, exc: DatabaseError) -> None:
+        if self.failures == 0:
+            if isinstance(exc, DatabaseUnavailable):
+                logger.warning("%s: database unavailable, retrying: %s", self.what, exc)
+            else:
+                logger.error("%s failed, retrying: %s", self.what, exc, exc_info=exc)
+        self.failures += 1
+        if not isinstance(exc, DatabaseUnavailable):
+            self.backoff = min(2.0 ** (self.failures - 1), MAX_ERROR_BACKOFF)
+
+    def ok(self) -> None:
+        if self.failures:
+            logger.warning(
+                "%s: database reachable again (%d failed tries)", self.what, self.failures
+            )
+            self.failures, self.backoff = 0, 0.0
 
 
 def describe_error(exc: BaseException, attempt: int) -> dict[str, Any]:

@@ -65,6 +65,19 @@ async def dsn(template_db: str) -> AsyncIterator[str]:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def module_dsn(template_db: str) -> Iterator[str]:
+    """A fresh, migrated database shared by the tests of one module (e.g. one expensive
+    multi-process run whose outcome several tests check); dropped afterwards. Synchronous,
+    so that synchronous module-scoped fixtures can use it too."""
+    name = f"asyncjobs_m_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    try:
+        yield dsn_for(name)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 async def empty_dsn() -> AsyncIterator[str]:
     """A fresh database without the asyncjobs schema."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from asyncjobs.runs import RunEvent, RunRecord, RunStatus, Trigger
+from asyncjobs.explain import RunFacts
+from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
+from asyncjobs.schedules import ScheduleDefinition, ScheduleState
+from asyncjobs.summary import JobSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,34 @@ class NewRun:
     parent_run_id: int | None = None
     root_run_id: int | None = None
     trigger: Trigger = Trigger.USER
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleFire:
+    """Ticks of one schedule to fire as runs (see ``fire_schedule`` in queries.sql)."""
+
+    schedule: str
+    job: str
+    queue: str
+    args_json: str
+    priority: int
+    max_attempts: int
+    fires: tuple[datetime, ...]
+    #: the schedule's next tick after these fires
+    next_fire_at: datetime
+    #: compare-and-set: fire only if the stored (next_fire_at, anchor_at) still are these
+    #: (cluster-wide schedules); ``None`` for an all_nodes copy, which compares nothing
+    expected: tuple[datetime | None, datetime] | None
+    #: an all_nodes copy: only this worker may claim the runs, which expire after ``expires``
+    target_worker: str | None = None
+    expires: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    #: False when another scheduler advanced the schedule first (nothing was written)
+    advanced: bool
+    run_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +134,9 @@ class RunFilter:
     trigger: Trigger | None = None
     before_id: int | None = None
     limit: int = 100
+    #: created at or after / strictly before these times
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +161,58 @@ class Notification:
 Listener = Callable[[Notification], None]
 
 
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """Events after a feed position, in feed order, that may be delivered now.
+
+    ``held_back`` says that a later event is visible but not final yet (an older
+    transaction is still running): read again soon, even without a notification.
+    """
+
+    events: list[RunEvent]
+    held_back: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A queue as stored: its limit and run-time switch."""
+
+    name: str
+    max_concurrency: int | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job as stored by the last worker that registered it."""
+
+    name: str
+    queue: str
+    max_concurrency: int | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one ``prune`` call deleted."""
+
+    trees: int = 0
+    runs: int = 0
+    events: int = 0
+
+
 class Backend(Protocol):
     """Storage operations used by the client, the worker and the dashboard."""
 
     async def open(self) -> None:
-        """Connect; checks the schema version (or migrates when asked)."""
+        """Connect; checks the schema version (or migrates when asked).
 
-    async def close(self) -> None: ...
+        Reference counted: a client and a worker may share one backend and each opens it;
+        every ``open`` is matched by one ``close``.
+        """
+
+    async def close(self) -> None:
+        """Undo one ``open``; only the last one really closes. Extra calls do nothing."""
 
     async def migrate(self) -> int:
         """Apply missing migrations; returns the schema version."""
@@ -187,7 +266,57 @@ class Backend(Protocol):
 
     async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]: ...
 
-    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool: ...
+    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
+        """Switch a ``job``, ``queue`` or ``schedule`` on or off; False when it is unknown.
+        Enabling a disabled schedule restarts its timing from now (no catch-up)."""
+
+    async def register_schedules(
+        self, schedules: Sequence[ScheduleDefinition], jobs: Sequence[str]
+    ) -> None:
+        """Store the schedules declared in code: a stored schedule under one of a schedule's
+        ``previous_names`` takes its name; a new schedule, or one whose timing changed, gets
+        a fresh anchor (now) and no next tick yet; ``enabled`` is kept; stored schedules of
+        ``jobs`` that are not declared any more are deleted."""
+
+    async def get_schedules(
+        self, jobs: Sequence[str] | None
+    ) -> tuple[datetime, list[ScheduleState]]:
+        """The database clock and the stored schedules of ``jobs`` (all when ``None``)."""
+
+    async def fire_schedule(self, fire: ScheduleFire) -> FireResult:
+        """Advance a schedule and insert its runs (trigger ``schedule``) atomically. A tick
+        already fired (same schedule, tick and target worker) is never inserted twice."""
+
+    async def run_facts(self, run_id: int, worker_ttl_seconds: float) -> RunFacts | None:
+        """What ``explain`` needs about one run (``None`` when there is no such run)."""
+
+    async def job_summary(self, jobs: Sequence[str], window_seconds: float) -> JobSummary:
+        """Counts, durations and the last success of the runs of ``jobs`` (a job's name and
+        aliases; the summary is named after the first)."""
+
+    async def read_feed(
+        self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float
+    ) -> FeedPage:
+        """Up to ``limit`` events after ``after`` in ``(xid, id)`` order (of one tree when
+        ``root_run_id`` is set), cut before the first one that is not final yet: final means
+        every transaction older than the event's own has ended, or the event is older than
+        ``grace_seconds`` (0: every visible event). See ``asyncjobs.feed``."""
+
+    async def feed_position(self, grace_seconds: float) -> EventCursor:
+        """The position of the last event that ``read_feed`` would deliver now."""
+
+    async def get_runs_by_ids(self, run_ids: Sequence[int]) -> list[RunRecord]:
+        """These runs (missing ones left out) with ``version`` set, in id order."""
+
+    async def get_tree(self, root_run_id: int, limit: int) -> list[RunRecord]:
+        """The first ``limit`` runs of one trace tree with ``version`` set, in id order."""
+
+    async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
+        """Every stored queue and job with its limit and ``enabled`` switch."""
+
+    async def prune(self, finished_before: datetime, max_trees: int) -> PruneResult:
+        """Delete up to ``max_trees`` trace trees (runs and events) whose runs all finished
+        before ``finished_before``; a tree with an active run is kept whole."""
 
     def add_listener(self, listener: Listener) -> None: ...
 

@@ -21,6 +21,12 @@ logger = logging.getLogger(__name__)
 
 RECONNECT_MIN_DELAY = 0.05
 RECONNECT_MAX_DELAY = 5.0
+#: a connection lost sooner than this after it was made is not retried at once, but with
+#: backoff, so a server that keeps dropping it is not hammered
+STABLE_AFTER = 1.0
+#: ``application_name`` of the LISTEN session (unless the DSN sets one), so operators and
+#: tests can tell it apart in ``pg_stat_activity``
+APPLICATION_NAME = "asyncjobs-listener"
 
 
 def parse_notification(payload: str) -> Notification:
@@ -72,8 +78,8 @@ class PostgresListener:
             except Exception:
                 logger.exception("a notification callback failed")
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._dispatch(parse_notification(payload))
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self._dispatch(parse_notification(str(payload)))
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN_DELAY
@@ -91,7 +97,8 @@ class PostgresListener:
                 continue
             if outage_logged:
                 logger.warning("LISTEN connection restored")
-            outage_logged, delay = False, RECONNECT_MIN_DELAY
+            outage_logged = False
+            up_since = asyncio.get_running_loop().time()
             probe = asyncio.create_task(self._probe(conn, lost))
             try:
                 self.connected.set()
@@ -106,13 +113,25 @@ class PostgresListener:
                 await self._close(conn)
             logger.warning("LISTEN connection lost; reconnecting")
             outage_logged = True
+            if asyncio.get_running_loop().time() - up_since >= STABLE_AFTER:
+                delay = RECONNECT_MIN_DELAY  # it had been fine: reconnect at once
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
     async def _connect(self, lost: asyncio.Event) -> asyncpg.Connection | None:
+        settings = {} if "application_name" in self._dsn else {"application_name": APPLICATION_NAME}
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=5)
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self._dsn, timeout=5, server_settings=settings
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None
+        try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(self._channel, self._on_notify)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            conn.terminate()
             return None
         return conn
 

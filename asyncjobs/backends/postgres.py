@@ -7,11 +7,12 @@ points at the server directly, since LISTEN needs a session of its own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -21,12 +22,18 @@ from asyncjobs import sql
 from asyncjobs.backends.base import (
     Completion,
     Enqueued,
+    FeedPage,
+    FireResult,
     Heartbeat,
     JobDefinition,
+    JobState,
     Listener,
     NewRun,
+    PruneResult,
     QueueDefinition,
+    QueueState,
     RunFilter,
+    ScheduleFire,
     SweepResult,
     WorkerInfo,
 )
@@ -39,9 +46,17 @@ from asyncjobs.errors import (
     InvalidArguments,
     SchemaMismatch,
 )
-from asyncjobs.runs import RunEvent, RunRecord, RunStatus, Trigger
+from asyncjobs.explain import RunFacts, SlotHolder
+from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
+from asyncjobs.schedules import ScheduleDefinition, ScheduleState
+from asyncjobs.summary import JobSummary, LastSuccess
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    _Connection = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
 
 Q = sql.QUERIES
 
@@ -63,6 +78,9 @@ _INVARIANT_CONSTRAINTS = frozenset(
         "runs_progress_check",
         "queues_max_concurrency_check",
         "jobs_max_concurrency_check",
+        # enqueue_runs inserts with ON CONFLICT on this unique index and reports the holder
+        # as DuplicateRun; a violation that still reaches translate_errors is a bug
+        "runs_dedup_idx",
     }
 )
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -72,6 +90,11 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    # When the server ends a session (restart, pg_terminate_backend), its FATAL message can
+    # reach an idle pooled connection before the socket closes; the next query then fails
+    # with "cannot switch to state ...; another operation is in progress". The pool replaces
+    # the connection, so it is an outage to retry, not a bug to report.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -109,6 +132,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Returned to the pool: asyncpg's default reset runs four statements (advisory unlock,
+    CLOSE ALL, UNLISTEN, RESET ALL) on every release, three commits per query. We keep no
+    session state on pooled connections, so only an open transaction needs undoing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def _event(row: asyncpg.Record) -> RunEvent:
+    return RunEvent(
+        row["id"], row["run_id"], row["root_run_id"], row["at"], row["kind"], row["data"],
+        row["xid"],
+    )
+
+
 def _record(row: asyncpg.Record) -> RunRecord:
     data = dict(row)
     data["status"] = RunStatus(data["status"])
@@ -136,18 +174,31 @@ class PostgresBackend:
         self._migrate_on_open = migrate
         self._pool: asyncpg.Pool | None = None
         self._listener = PostgresListener(self.listen_dsn, "asyncjobs")
+        self._users = 0  # open() calls not yet matched by close()
+        self._lifecycle = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
+        """Connect, then check (or, when asked, migrate) the schema.
+
+        Reference counted, because a client and a worker may share one backend
+        (``app.client(backend)``, ``app.worker(backend)``): every ``open`` needs a ``close``,
+        and only the last ``close`` disconnects.
+        """
+        async with self._lifecycle:
+            if self._users == 0:
+                await self._connect()
+            self._users += 1
+
+    async def _connect(self) -> None:
         with translate_errors():
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._pool_sizes[0],
                 max_size=self._pool_sizes[1],
                 init=_init_connection,
+                reset=_reset_connection,
                 statement_cache_size=0 if self._pgbouncer else 100,
             )
         try:
@@ -155,10 +206,17 @@ class PostgresBackend:
                 await self.migrate()
             await self._check_schema()
         except BaseException:
-            await self.close()
+            await self._disconnect()
             raise
 
     async def close(self) -> None:
+        """Undo one ``open``; the last one disconnects (extra calls only make sure of it)."""
+        async with self._lifecycle:
+            self._users = max(0, self._users - 1)
+            if self._users == 0:
+                await self._disconnect()
+
+    async def _disconnect(self) -> None:
         await self._listener.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -233,7 +291,11 @@ class PostgresBackend:
         )
 
     async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
-        query = {"job": "set_job_enabled", "queue": "set_queue_enabled"}[kind]
+        query = {
+            "job": "set_job_enabled",
+            "queue": "set_queue_enabled",
+            "schedule": "set_schedule_enabled",
+        }[kind]
         return await self._fetchval(query, name, enabled) is not None
 
     # ------------------------------------------------------------------ runs
@@ -256,7 +318,7 @@ class PostgresBackend:
                 return await self._match_enqueued(runs, rows)
 
     async def _first_duplicate(
-        self, conn: asyncpg.Connection, runs: Sequence[NewRun], rows: list[asyncpg.Record]
+        self, conn: _Connection, runs: Sequence[NewRun], rows: list[asyncpg.Record]
     ) -> DuplicateRun | None:
         inserted = {(row["job"], row["dedup_id"]) for row in rows}
         skipped = [r for r in runs if r.dedup_id and (r.job, r.dedup_id) not in inserted]
@@ -271,7 +333,7 @@ class PostgresBackend:
 
     @staticmethod
     async def _insert(
-        conn: asyncpg.Pool | asyncpg.Connection, runs: Sequence[NewRun]
+        conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[asyncpg.Record]:
         with translate_errors():
             return await conn.fetch(
@@ -425,6 +487,8 @@ class PostgresBackend:
             where.trigger,
             where.before_id,
             where.limit,
+            where.created_after,
+            where.created_before,
         )
         return [_record(row) for row in rows]
 
@@ -440,6 +504,155 @@ class PostgresBackend:
             )
             for row in rows
         ]
+
+    # ------------------------------------------------------------------ schedules
+
+    async def register_schedules(
+        self, schedules: Sequence[ScheduleDefinition], jobs: Sequence[str]
+    ) -> None:
+        ordered = sorted(schedules, key=lambda d: d.name)
+        renames = [(old, d.name) for d in ordered for old in d.previous_names]
+        with translate_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                if renames:
+                    await conn.execute(
+                        Q["rename_schedules"].text, [r[0] for r in renames], [r[1] for r in renames]
+                    )
+                if ordered:
+                    await conn.execute(
+                        Q["upsert_schedules"].text,
+                        [d.name for d in ordered],
+                        [d.job for d in ordered],
+                        [d.cron for d in ordered],
+                        [d.every for d in ordered],
+                        [d.initial_delay for d in ordered],
+                        [d.timezone for d in ordered],
+                        [d.args_json for d in ordered],
+                        [d.misfire for d in ordered],
+                        [d.all_nodes for d in ordered],
+                    )
+                await conn.execute(
+                    Q["delete_stale_schedules"].text, list(jobs), [d.name for d in ordered]
+                )
+
+    async def get_schedules(
+        self, jobs: Sequence[str] | None
+    ) -> tuple[datetime, list[ScheduleState]]:
+        rows = await self._fetch("get_schedules", None if jobs is None else list(jobs))
+        states = [
+            ScheduleState(**{k: v for k, v in row.items() if k != "now"})
+            for row in rows
+            if row["name"] is not None
+        ]
+        return rows[0]["now"], states
+
+    async def fire_schedule(self, fire: ScheduleFire) -> FireResult:
+        expected_next, expected_anchor = fire.expected or (None, None)
+        row = await self._fetchrow(
+            "fire_schedule",
+            fire.schedule,
+            fire.expected is not None,
+            expected_next,
+            expected_anchor,
+            fire.next_fire_at,
+            max(fire.fires, default=None),
+            fire.job,
+            fire.queue,
+            fire.args_json,
+            fire.priority,
+            fire.target_worker,
+            fire.expires,
+            list(fire.fires),
+            fire.max_attempts,
+        )
+        assert row is not None  # the statement always returns one row
+        return FireResult(row["advanced"], tuple(row["run_ids"]))
+
+    # ------------------------------------------------------------------ insight
+
+    async def run_facts(self, run_id: int, worker_ttl_seconds: float) -> RunFacts | None:
+        run = await self.get_run(run_id)
+        if run is None:
+            return None
+        row = await self._fetchrow("run_facts", run_id, timedelta(seconds=worker_ttl_seconds))
+        if row is None:  # deleted in between
+            return None
+        facts = dict(row)
+        facts["active_children"] = tuple(facts["active_children"])
+        job_full = row["job_limit"] is not None and row["job_running"] >= row["job_limit"]
+        queue_full = row["queue_limit"] is not None and row["queue_running"] >= row["queue_limit"]
+        if run.status is RunStatus.PENDING and (job_full or queue_full):
+            holders = await self._fetch("slot_holders", run.job, run.queue, job_full, queue_full)
+            found = [
+                SlotHolder(
+                    h["id"], h["job"], h["queue"], h["worker_id"], h["started_at"],
+                    tuple(h["waiting_on"]),
+                )
+                for h in holders
+            ]
+            facts["job_holders"] = tuple(h for h in found if job_full and h.job == run.job)
+            facts["queue_holders"] = tuple(h for h in found if queue_full and h.queue == run.queue)
+        return RunFacts(run=run, **facts)
+
+    async def job_summary(self, jobs: Sequence[str], window_seconds: float) -> JobSummary:
+        window = timedelta(seconds=window_seconds)
+        row = await self._fetchrow("job_summary", list(jobs), window)
+        assert row is not None
+        counts = dict.fromkeys(RunStatus, 0)
+        counts.update({RunStatus(k): v for k, v in row["counts"].items()})
+        p50, p95 = row["percentiles"] or (None, None)
+        last = None
+        if row["last_success_id"] is not None:
+            last = LastSuccess(
+                row["last_success_id"], row["last_success_at"], row["last_success_duration"]
+            )
+        return JobSummary(jobs[0], window, row["now"], counts, p50, p95, last)
+
+    # ------------------------------------------------------------------ event feed, dashboard
+
+    async def read_feed(
+        self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float
+    ) -> FeedPage:
+        grace = timedelta(seconds=grace_seconds)
+        if root_run_id is None:
+            rows = await self._fetch("read_feed", after.xid, after.id, limit, grace)
+        else:
+            rows = await self._fetch(
+                "read_tree_feed", after.xid, after.id, limit, grace, root_run_id
+            )
+        events: list[RunEvent] = []
+        for row in rows:
+            if not row["ready"]:
+                return FeedPage(events, held_back=True)
+            events.append(_event(row))
+        return FeedPage(events, held_back=False)
+
+    async def feed_position(self, grace_seconds: float) -> EventCursor:
+        row = await self._fetchrow("feed_position", timedelta(seconds=grace_seconds))
+        return EventCursor() if row is None else EventCursor(row["xid"], row["id"])
+
+    async def get_runs_by_ids(self, run_ids: Sequence[int]) -> list[RunRecord]:
+        if not run_ids:
+            return []
+        rows = await self._fetch("get_runs_by_ids_versioned", list(run_ids))
+        return [_record(row) for row in rows]
+
+    async def get_tree(self, root_run_id: int, limit: int) -> list[RunRecord]:
+        rows = await self._fetch("get_tree", root_run_id, limit)
+        return [_record(row) for row in rows]
+
+    async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
+        queues = await self._fetch("list_queues")
+        jobs = await self._fetch("list_jobs")
+        return (
+            [QueueState(r["name"], r["max_concurrency"], r["enabled"]) for r in queues],
+            [JobState(r["name"], r["queue"], r["max_concurrency"], r["enabled"]) for r in jobs],
+        )
+
+    async def prune(self, finished_before: datetime, max_trees: int) -> PruneResult:
+        row = await self._fetchrow("prune_trees", finished_before, max_trees)
+        assert row is not None  # aggregates always return one row
+        return PruneResult(row["trees"], row["runs"], row["events"])
 
     # ------------------------------------------------------------------ notifications
 

@@ -103,7 +103,16 @@ done AS (
                            THEN 1 ELSE r.progress END
       FROM input i
      WHERE r.id = i.id AND r.attempt = i.attempt AND r.worker_id = $1 AND r.status = 'running'
-    RETURNING r.id, r.root_run_id, r.status, r.attempt, r.not_before, r.queue, i.error, i.retry_in
+    RETURNING r.id, r.root_run_id, r.status, r.attempt, r.not_before, r.queue, r.job, i.error,
+              i.retry_in
+),
+-- queues where a finished run freed a slot under a limit: their workers may claim again now
+freed AS (
+    SELECT DISTINCT d.queue FROM done d
+     WHERE EXISTS (SELECT 1 FROM asyncjobs.jobs j
+                    WHERE j.name = d.job AND j.max_concurrency IS NOT NULL)
+        OR EXISTS (SELECT 1 FROM asyncjobs.queues q
+                    WHERE q.name = d.queue AND q.max_concurrency IS NOT NULL)
 ),
 events AS (
     INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
@@ -118,7 +127,9 @@ notified AS (
                'done', CASE WHEN count(*) FILTER (WHERE status <> 'pending') <= 400
                             THEN array_agg(id) FILTER (WHERE status <> 'pending') END,
                'many', count(*) FILTER (WHERE status <> 'pending') > 400,
-               'queues', array_agg(DISTINCT queue) FILTER (WHERE status = 'pending'))::text)
+               'queues', (SELECT array_agg(queue) FROM (
+                              SELECT queue FROM done WHERE status = 'pending'
+                              UNION SELECT queue FROM freed) wake))::text)
       FROM done HAVING count(*) > 0
 )
 SELECT d.id FROM done d LEFT JOIN notified ON true;
@@ -146,13 +157,18 @@ SELECT (SELECT count(*) FROM alive) > 0 AS registered,
 -- attempt (trigger 'restart'), or failed when no attempt is left, or cancelled when that was
 -- asked. Expire pending runs past not_after. SKIP LOCKED makes concurrent sweepers split the
 -- work: each run is rescued exactly once. Also drops workers silent for more than $1.
-WITH stale AS (
+-- For $1 (the sweeper's lease) after the server (re)started nothing is rescued or dropped:
+-- while it was down no worker could heartbeat, and a database restart must not cost attempts.
+WITH settled AS (
+    SELECT pg_postmaster_start_time() < now() - $1::interval AS ok
+),
+stale AS (
     SELECT id, jsonb_build_object(
                'type', 'LeaseExpired', 'attempt', attempt, 'traceback', '',
                'message', 'worker ' || worker_id || ' stopped heartbeating (lease expired at '
                           || lease_expires_at || ')') AS error
       FROM asyncjobs.runs
-     WHERE status = 'running' AND lease_expires_at < now()
+     WHERE status = 'running' AND lease_expires_at < now() AND (SELECT ok FROM settled)
      ORDER BY lease_expires_at LIMIT 500
        FOR UPDATE SKIP LOCKED
 ),
@@ -193,7 +209,9 @@ events AS (
       FROM changed
 ),
 gone_workers AS (
-    DELETE FROM asyncjobs.workers WHERE heartbeat_at < now() - $1::interval RETURNING id
+    DELETE FROM asyncjobs.workers
+     WHERE heartbeat_at < now() - $1::interval AND (SELECT ok FROM settled)
+    RETURNING id
 ),
 notified AS (
     SELECT pg_notify('asyncjobs', json_build_object(
@@ -304,6 +322,8 @@ SELECT * FROM asyncjobs.runs
    AND ($4::bigint IS NULL OR root_run_id = $4)
    AND ($5::asyncjobs.run_trigger IS NULL OR trigger = $5)
    AND ($6::bigint IS NULL OR id < $6)
+   AND ($8::timestamptz IS NULL OR created_at >= $8)
+   AND ($9::timestamptz IS NULL OR created_at < $9)
  ORDER BY id DESC
  LIMIT $7;
 
@@ -316,3 +336,295 @@ UPDATE asyncjobs.jobs SET enabled = $2, updated_at = now() WHERE name = $1 RETUR
 
 -- name: set_queue_enabled :one
 UPDATE asyncjobs.queues SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING name;
+
+-- ---------------------------------------------------------------------- schedules, explain,
+-- summaries (asyncjobs/scheduler.py, asyncjobs/explain.py, asyncjobs/summary.py)
+
+-- name: rename_schedules :exec
+-- A job renamed in code (with its old name as an alias) keeps its stored schedule: the row
+-- under the old name $1[i] takes the new name $2[i], unless a row of the new name exists.
+UPDATE asyncjobs.schedules s
+   SET name = u.new_name, updated_at = now()
+  FROM unnest($1::text[], $2::text[]) AS u(old_name, new_name)
+ WHERE s.name = u.old_name
+   AND NOT EXISTS (SELECT FROM asyncjobs.schedules t WHERE t.name = u.new_name);
+
+-- name: upsert_schedules :exec
+-- Store the schedules declared in code (on worker start). A new schedule, or one whose timing
+-- (cron, interval, initial delay, time zone) changed, gets anchor_at = now() and a NULL
+-- next_fire_at, which the next scheduler pass computes. `enabled` and the fire times of an
+-- unchanged timing are kept. Rows are written in name order, so concurrent starters lock
+-- them in the same order.
+INSERT INTO asyncjobs.schedules AS s
+       (name, job, cron, every, initial_delay, timezone, args, misfire, all_nodes)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::interval[], $5::interval[],
+                     $6::text[], $7::jsonb[], $8::text[], $9::boolean[]) AS u
+ ORDER BY 1
+ON CONFLICT (name) DO UPDATE
+   SET job = excluded.job, cron = excluded.cron, every = excluded.every,
+       initial_delay = excluded.initial_delay, timezone = excluded.timezone,
+       args = excluded.args, misfire = excluded.misfire, all_nodes = excluded.all_nodes,
+       anchor_at = CASE WHEN (s.cron, s.every, s.initial_delay, s.timezone) IS DISTINCT FROM
+                             (excluded.cron, excluded.every, excluded.initial_delay,
+                              excluded.timezone)
+                        THEN now() ELSE s.anchor_at END,
+       next_fire_at = CASE WHEN (s.cron, s.every, s.initial_delay, s.timezone) IS DISTINCT FROM
+                                (excluded.cron, excluded.every, excluded.initial_delay,
+                                 excluded.timezone)
+                           THEN NULL ELSE s.next_fire_at END,
+       updated_at = now()
+ WHERE (s.job, s.cron, s.every, s.initial_delay, s.timezone, s.args, s.misfire, s.all_nodes)
+       IS DISTINCT FROM (excluded.job, excluded.cron, excluded.every, excluded.initial_delay,
+                         excluded.timezone, excluded.args, excluded.misfire, excluded.all_nodes);
+
+-- name: delete_stale_schedules :exec
+-- Schedules of these jobs ($1, aliases included) that the code no longer declares ($2).
+DELETE FROM asyncjobs.schedules WHERE job = ANY ($1::text[]) AND name <> ALL ($2::text[]);
+
+-- name: get_schedules :many
+-- The stored schedules of jobs $1 (all when NULL), with whether their job and queue are
+-- enabled, and the database clock (one row with only `now` when there is no schedule).
+SELECT n.now, s.name, s.job, s.cron, s.every, s.initial_delay, s.timezone, s.args, s.misfire,
+       s.all_nodes, s.enabled, s.anchor_at, s.next_fire_at, s.last_fire_at,
+       coalesce(j.enabled, true) AS job_enabled, coalesce(q.enabled, true) AS queue_enabled
+  FROM (SELECT now() AS now) n
+  LEFT JOIN (asyncjobs.schedules s
+             LEFT JOIN asyncjobs.jobs j ON j.name = s.job
+             LEFT JOIN asyncjobs.queues q ON q.name = j.queue)
+         ON $1::text[] IS NULL OR s.job = ANY ($1::text[])
+ ORDER BY s.name;
+
+-- name: set_schedule_enabled :one
+-- Enable or disable a schedule. Enabling a disabled one restarts its timing from now: the
+-- ticks it missed while disabled were meant to be missed.
+UPDATE asyncjobs.schedules
+   SET enabled = $2,
+       anchor_at = CASE WHEN $2 AND NOT enabled THEN now() ELSE anchor_at END,
+       next_fire_at = CASE WHEN $2 AND NOT enabled THEN NULL ELSE next_fire_at END,
+       updated_at = now()
+ WHERE name = $1
+RETURNING name;
+
+-- name: fire_schedule :one
+-- Fire ticks $13 of schedule $1 as runs, in one statement. With $2 (cluster-wide schedules)
+-- the schedule row is first moved from the next_fire_at/anchor_at this scheduler read ($3, $4)
+-- to $5: a compare-and-set, so of the schedulers racing for the same tick one advances the
+-- schedule and fires, the others change nothing. Without $2 (an all_nodes copy for worker
+-- $11) nothing is compared. Either way the unique index runs_schedule_fire_idx is what makes
+-- a tick fire at most once (per worker): a second insert of the same tick is skipped.
+WITH advanced AS (
+    UPDATE asyncjobs.schedules s
+       SET next_fire_at = CASE WHEN $2::boolean THEN $5::timestamptz
+                               ELSE greatest(s.next_fire_at, $5::timestamptz) END,
+           last_fire_at = greatest(s.last_fire_at, $6::timestamptz),
+           updated_at = now()
+     WHERE s.name = $1 AND s.enabled
+       AND (NOT $2::boolean OR (s.next_fire_at IS NOT DISTINCT FROM $3::timestamptz
+                                AND s.anchor_at = $4::timestamptz))
+    RETURNING s.name
+),
+input AS (
+    SELECT nextval('asyncjobs.run_ids') AS id, f.fire_at
+      FROM unnest($13::timestamptz[]) AS f(fire_at)
+     WHERE EXISTS (SELECT FROM advanced)
+),
+inserted AS (
+    INSERT INTO asyncjobs.runs (id, job, queue, args, priority, max_attempts, root_run_id,
+                                trigger, schedule, scheduled_at, target_worker, not_after)
+    SELECT id, $7::text, $8::text, $9::jsonb, $10::smallint, $14::integer, id, 'schedule', $1,
+           fire_at, $11::text, fire_at + $12::interval
+      FROM input ORDER BY fire_at
+    ON CONFLICT (schedule, scheduled_at, target_worker) WHERE schedule IS NOT NULL DO NOTHING
+    RETURNING id, root_run_id, job, queue, trigger, schedule, scheduled_at, target_worker
+),
+created AS (
+    INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+    SELECT id, root_run_id, 'pending',
+           jsonb_strip_nulls(jsonb_build_object(
+               'job', job, 'queue', queue, 'trigger', trigger, 'schedule', schedule,
+               'scheduled_at', scheduled_at, 'target_worker', target_worker))
+      FROM inserted
+),
+notified AS (
+    SELECT pg_notify('asyncjobs', json_build_object('queues', array_agg(DISTINCT queue))::text)
+      FROM inserted HAVING count(*) > 0
+)
+SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
+       coalesce((SELECT array_agg(i.id ORDER BY i.id)
+                   FROM inserted i LEFT JOIN notified ON true), '{}') AS run_ids;
+
+-- name: run_facts :one
+-- What explain() needs about run $1 besides the run itself: the database clock, its job's and
+-- queue's switches and limits with their running counts, how many live workers (heartbeat
+-- within $2) serve its queue and know its job, whether its target worker is alive, how many
+-- ready runs are ahead of it in its queue, and its own active children.
+SELECT now() AS now,
+       j.name IS NOT NULL AS job_known,
+       coalesce(j.enabled, true) AS job_enabled,
+       j.max_concurrency AS job_limit,
+       (SELECT count(*) FROM asyncjobs.runs x
+         WHERE x.status = 'running' AND x.job = r.job) AS job_running,
+       coalesce(q.enabled, true) AS queue_enabled,
+       q.max_concurrency AS queue_limit,
+       (SELECT count(*) FROM asyncjobs.runs x
+         WHERE x.status = 'running' AND x.queue = r.queue) AS queue_running,
+       (SELECT count(*) FROM asyncjobs.workers w
+         WHERE r.queue = ANY (w.queues) AND w.heartbeat_at > now() - $2::interval)
+           AS queue_workers,
+       (SELECT count(*) FROM asyncjobs.workers w
+         WHERE r.queue = ANY (w.queues) AND r.job = ANY (w.jobs)
+           AND w.heartbeat_at > now() - $2::interval) AS job_workers,
+       EXISTS (SELECT FROM asyncjobs.workers w
+                WHERE w.id = r.target_worker AND w.heartbeat_at > now() - $2::interval)
+           AS target_alive,
+       (SELECT count(*) FROM asyncjobs.runs x
+         WHERE x.status = 'pending' AND x.queue = r.queue AND x.id <> r.id
+           AND x.not_before <= now() AND (x.not_after IS NULL OR x.not_after > now())
+           AND (x.priority > r.priority OR (x.priority = r.priority AND x.id < r.id)))
+           AS ahead,
+       (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
+         WHERE c.parent_run_id = r.id AND c.root_run_id = r.root_run_id
+           AND c.status IN ('pending', 'running')) AS active_children
+  FROM asyncjobs.runs r
+  LEFT JOIN asyncjobs.jobs j ON j.name = r.job
+  LEFT JOIN asyncjobs.queues q ON q.name = r.queue
+ WHERE r.id = $1;
+
+-- name: slot_holders :many
+-- The running runs that hold the slots of job $1 (when $3) or of queue $2 (when $4), each
+-- with its active children: a parent waiting on a child still holds its slot.
+SELECT r.id, r.job, r.queue, r.worker_id, r.started_at,
+       (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
+         WHERE c.parent_run_id = r.id AND c.root_run_id = r.root_run_id
+           AND c.status IN ('pending', 'running')) AS waiting_on
+  FROM asyncjobs.runs r
+ WHERE r.status = 'running' AND (($3 AND r.job = $1) OR ($4 AND r.queue = $2))
+ ORDER BY r.started_at, r.id
+ LIMIT 100;
+
+-- name: job_summary :one
+-- Runs of job $1 (its name and aliases) created in the last $2: counts by status, and the
+-- 50th/95th percentile of the last attempt's duration of those that finished; plus the last
+-- successful run ever (runs_last_success_idx).
+WITH recent AS (
+    SELECT status, started_at, finished_at FROM asyncjobs.runs
+     WHERE job = ANY ($1::text[]) AND created_at >= now() - $2::interval
+),
+last_success AS (
+    SELECT id, finished_at, extract(epoch FROM finished_at - started_at)::float8 AS duration
+      FROM asyncjobs.runs
+     WHERE job = ANY ($1::text[]) AND status = 'succeeded'
+     ORDER BY finished_at DESC LIMIT 1
+)
+SELECT now() AS now,
+       (SELECT coalesce(jsonb_object_agg(status, n), '{}')
+          FROM (SELECT status, count(*) AS n FROM recent GROUP BY status) c) AS counts,
+       (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM finished_at - started_at))
+          FROM recent
+         WHERE status IN ('succeeded', 'failed') AND started_at IS NOT NULL)::float8[]
+           AS percentiles,
+       l.id AS last_success_id, l.finished_at AS last_success_at,
+       l.duration AS last_success_duration
+  FROM (SELECT 1) x LEFT JOIN last_success l ON true;
+
+-- ---------------------------------------------------------------------- event feed, dashboard,
+-- retention (asyncjobs/feed.py, asyncjobs/web/)
+--
+-- The feed order is (xid, id). An event is final ("ready") once every transaction older than
+-- its own has ended: xid < the snapshot's xmin. Nothing can then commit behind it, because an
+-- xid below xmin belongs to a transaction that has ended, and the rows of one transaction
+-- become visible together. A long transaction anywhere on the cluster holds xmin back, so
+-- an event older than the grace period ($4) is ready too; this keeps "no gap" as long as no
+-- asyncjobs statement stays open longer than the grace period (they take milliseconds).
+
+-- name: read_feed :many
+-- Events after position ($1, $2) in feed order, with `ready` (see above).
+SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
+       e.xid < h.xmin OR e.at < h.old AS ready
+  FROM asyncjobs.run_events e
+ CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+                    now() - $4::interval AS old) h
+ WHERE (e.xid, e.id) > ($1::xid8, $2::bigint)
+ ORDER BY e.xid, e.id
+ LIMIT $3;
+
+-- name: read_tree_feed :many
+-- The same for the events of one trace tree ($5 is the root run id).
+SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
+       e.xid < h.xmin OR e.at < h.old AS ready
+  FROM asyncjobs.run_events e
+ CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+                    now() - $4::interval AS old) h
+ WHERE e.root_run_id = $5 AND (e.xid, e.id) > ($1::xid8, $2::bigint)
+ ORDER BY e.xid, e.id
+ LIMIT $3;
+
+-- name: feed_position :one
+-- The position just before the first visible event that is not ready, or of the last event.
+WITH h AS (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, now() - $1::interval AS old
+),
+first_unready AS (
+    SELECT e.xid, e.id FROM asyncjobs.run_events e, h
+     WHERE e.xid >= h.xmin AND e.at >= h.old
+     ORDER BY e.xid, e.id LIMIT 1
+)
+SELECT e.xid, e.id FROM asyncjobs.run_events e
+ WHERE NOT EXISTS (SELECT FROM first_unready)
+    OR (e.xid, e.id) < (SELECT f.xid, f.id FROM first_unready f)
+ ORDER BY e.xid DESC, e.id DESC
+ LIMIT 1;
+
+-- name: get_runs_by_ids_versioned :many
+-- Runs by id with `version`: the id of the run's latest event (a newer state has a larger one).
+SELECT r.*, coalesce((SELECT e.id FROM asyncjobs.run_events e WHERE e.run_id = r.id
+                       ORDER BY e.id DESC LIMIT 1), 0) AS version
+  FROM asyncjobs.runs r
+ WHERE r.id = ANY ($1::bigint[])
+ ORDER BY r.id;
+
+-- name: get_tree :many
+-- The runs of one trace tree with `version`, oldest first, at most $2.
+SELECT r.*, coalesce((SELECT e.id FROM asyncjobs.run_events e WHERE e.run_id = r.id
+                       ORDER BY e.id DESC LIMIT 1), 0) AS version
+  FROM asyncjobs.runs r
+ WHERE r.root_run_id = $1
+ ORDER BY r.id
+ LIMIT $2;
+
+-- name: list_queues :many
+-- Stored queues with their switch, for the dashboard.
+SELECT name, max_concurrency, enabled FROM asyncjobs.queues ORDER BY name;
+
+-- name: list_jobs :many
+-- Stored jobs with their switch, for the dashboard.
+SELECT name, queue, max_concurrency, enabled FROM asyncjobs.jobs ORDER BY name;
+
+-- name: prune_trees :one
+-- Retention: delete up to $2 trace trees whose runs all finished before $1, with their
+-- events. Candidates come from the finished roots, oldest first; a tree that still has an
+-- active run (or one that finished later) is kept whole. Concurrent pruners do not overlap:
+-- only the one holding the advisory lock deletes.
+WITH locked AS (
+    SELECT pg_try_advisory_xact_lock(hashtextextended('asyncjobs:prune', 0)) AS ok
+),
+roots AS (
+    SELECT r.id FROM asyncjobs.runs r
+     WHERE r.id = r.root_run_id AND r.finished_at IS NOT NULL AND r.finished_at < $1
+       AND (SELECT ok FROM locked)
+       AND NOT EXISTS (SELECT FROM asyncjobs.runs c
+                        WHERE c.root_run_id = r.id
+                          AND (c.finished_at IS NULL OR c.finished_at >= $1))
+     ORDER BY r.finished_at
+     LIMIT $2
+),
+gone_events AS (
+    DELETE FROM asyncjobs.run_events e USING roots WHERE e.root_run_id = roots.id RETURNING 1
+),
+gone_runs AS (
+    DELETE FROM asyncjobs.runs r USING roots WHERE r.root_run_id = roots.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM roots) AS trees,
+       (SELECT count(*) FROM gone_runs) AS runs,
+       (SELECT count(*) FROM gone_events) AS events;

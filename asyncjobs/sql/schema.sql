@@ -190,6 +190,8 @@ BEGIN
                   AND r.queue = qr.queue
                   AND r.job = ANY (p_jobs)
                   AND r.job <> ALL (blocked.jobs)
+                  -- an all_nodes schedule's copy is for one worker only
+                  AND (r.target_worker IS NULL OR r.target_worker = p_worker)
                   AND r.not_before <= now()
                   AND (r.not_after IS NULL OR r.not_after > now())
                 ORDER BY r.priority DESC, r.id
@@ -226,3 +228,62 @@ END
 $$;
 
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (1, 'initial');
+
+-- ---------------------------------------------------------------- version 2: schedules
+
+CREATE TABLE asyncjobs.schedules (
+    -- the stable key: the job's name for @app.job(schedule=...)
+    name          text PRIMARY KEY CHECK (name <> '' AND length(name) <= 200),
+    job           text NOT NULL CHECK (job <> '' AND length(job) <= 200),
+    cron          text CHECK (length(cron) <= 200),
+    every         interval CHECK (every > interval '0'),
+    initial_delay interval NOT NULL DEFAULT '0' CHECK (initial_delay >= interval '0'),
+    timezone      text NOT NULL DEFAULT 'UTC',
+    -- the arguments of every run it fires, validated when the schedule was declared
+    args          jsonb NOT NULL DEFAULT '{}',
+    misfire       text NOT NULL DEFAULT 'once' CHECK (misfire IN ('skip', 'once', 'all')),
+    all_nodes     boolean NOT NULL DEFAULT false,
+    -- a run-time switch, never overwritten by a deploy
+    enabled       boolean NOT NULL DEFAULT true,
+    -- when the timing was stored, changed or enabled again: interval ticks count from here
+    anchor_at     timestamptz NOT NULL DEFAULT now(),
+    -- NULL until the next scheduler pass computes it from anchor_at
+    next_fire_at  timestamptz,
+    last_fire_at  timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_timing_check CHECK ((cron IS NULL) <> (every IS NULL))
+);
+
+-- A run fired by a schedule names it and its tick; an all_nodes copy names its worker.
+ALTER TABLE asyncjobs.runs
+    ADD COLUMN schedule      text,
+    ADD COLUMN scheduled_at  timestamptz,
+    ADD COLUMN target_worker text,
+    ADD CONSTRAINT runs_schedule_check CHECK ((schedule IS NULL) = (scheduled_at IS NULL));
+
+-- Each tick fires exactly once (per worker for all_nodes copies), however many schedulers
+-- race for it: the database refuses a second run for the same (schedule, tick, worker).
+CREATE UNIQUE INDEX runs_schedule_fire_idx
+    ON asyncjobs.runs (schedule, scheduled_at, target_worker) NULLS NOT DISTINCT
+    WHERE schedule IS NOT NULL;
+-- "Last successful run" of a job without scanning its failures.
+CREATE INDEX runs_last_success_idx ON asyncjobs.runs (job, finished_at DESC)
+    WHERE status = 'succeeded';
+
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (2, 'schedules');
+
+-- ---------------------------------------------------------------------- 3: event feed
+-- The event feed (asyncjobs/feed.py) reads run_events in (xid, id) order: an event is
+-- delivered once every transaction older than its own has ended, so that order never gets an
+-- event inserted behind a position already delivered. The tree feed adds the root in front.
+-- (root_run_id, xid, id) also serves every lookup the old (root_run_id, id) index did.
+CREATE INDEX run_events_feed_idx ON asyncjobs.run_events (xid, id);
+CREATE INDEX run_events_root_feed_idx ON asyncjobs.run_events (root_run_id, xid, id);
+DROP INDEX asyncjobs.run_events_root_idx;
+
+-- Retention finds finished trees through their root's finish time.
+CREATE INDEX runs_finished_roots_idx ON asyncjobs.runs (finished_at)
+    WHERE id = root_run_id AND finished_at IS NOT NULL;
+
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (3, 'event_feed');

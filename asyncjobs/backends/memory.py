@@ -1,0 +1,502 @@
+"""In-process backend for unit tests of your own jobs: no database, same behaviour.
+
+``MemoryBackend`` implements the ``Backend`` protocol the way ``PostgresBackend`` and its SQL
+do, and the same behavioural test suite runs against both: ids count up from 1, runs are
+claimed by priority then age under the same per-job and per-queue limits, dedup ids, fenced
+completions, retries, leases, sweeps, cancellation and run events work alike, and listeners
+get the same ``Notification`` wake-ups (delivered with ``loop.call_soon``, never inside the
+caller's stack, as a NOTIFY arrives from outside). Each call is atomic, like one statement.
+
+Time comes from ``clock``, a monotonic seconds counter (``time.monotonic`` by default), so a
+test can move time on (``asyncjobs.testing.ManualClock``) to pass a ``not_before``, a
+``not_after`` or a lease. ``now()`` is the backend's "database clock".
+
+Share one instance between the worker and the client of a test; both open and close it, and
+only the last close closes it::
+
+    backend = MemoryBackend()
+    async with app.worker(backend), app.client(backend) as client:
+        assert await client.run_async(add, a=1, b=2) == 3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from asyncjobs import sql
+from asyncjobs.backends.base import (
+    Backend,
+    Completion,
+    Enqueued,
+    Heartbeat,
+    JobDefinition,
+    Listener,
+    NewRun,
+    Notification,
+    QueueDefinition,
+    RunFilter,
+    SweepResult,
+    WorkerInfo,
+)
+from asyncjobs.backends.memory_feed import MemoryFeed
+from asyncjobs.backends.memory_schedules import MemorySchedules
+from asyncjobs.backends.memory_tables import (
+    JobRow,
+    QueueRow,
+    Row,
+    Tables,
+    WorkerRow,
+    check_dedup_id,
+    check_name,
+    check_smallint,
+    jsonb,
+    real,
+    strip_nulls,
+    timestamp,
+)
+from asyncjobs.codec import dumps
+from asyncjobs.errors import DatabaseError, DuplicateRun
+from asyncjobs.runs import TERMINAL_STATUSES, RunEvent, RunRecord, RunStatus, Trigger
+
+logger = logging.getLogger(__name__)
+
+#: Above this many finished runs, a completion notification says "many" instead of listing
+#: them (as ``complete_runs`` does, to stay under PostgreSQL's NOTIFY payload limit).
+MAX_DONE_LISTED = 400
+#: Rows one sweep changes at most, per kind (``sweep`` in queries.sql).
+SWEEP_BATCH = 500
+
+
+class MemoryBackend(MemoryFeed, MemorySchedules):
+    """The ``Backend`` protocol in process memory (see the module docstring)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._clock_origin = clock()
+        self._wall_origin = datetime.now(UTC)
+        self._tables = Tables()
+        self._listeners: list[Listener] = []
+        self._users = 0
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend runs={len(self._tables.runs)} open={self._users > 0}>"
+
+    def now(self) -> datetime:
+        """The backend's clock: wall time at creation, moved on by ``clock``."""
+        return self._wall_origin + timedelta(seconds=self._clock() - self._clock_origin)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Reference counted: every ``open`` needs one ``close``; the data outlives both."""
+        self._users += 1
+
+    async def close(self) -> None:
+        self._users = max(0, self._users - 1)
+
+    async def migrate(self) -> int:
+        await self._checkpoint()
+        return sql.SCHEMA_VERSION
+
+    async def _checkpoint(self) -> None:
+        """Every call yields to the loop once, as a round trip to a database would."""
+        if self._users == 0:
+            raise RuntimeError("the backend is not open; use `async with` on the client/worker")
+        await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ notifications
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, notification: Notification) -> None:
+        asyncio.get_running_loop().call_soon(self._deliver, notification)
+
+    def _deliver(self, notification: Notification) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(notification)
+            except Exception:
+                logger.exception("a notification callback failed")
+
+    def _notify_changes(self, changed: Sequence[Row], *, cap: bool = False) -> None:
+        """Finished runs wake ``run_async`` waiters; runs back to pending wake workers."""
+        if not changed:
+            return
+        done = [r.id for r in changed if r.status is not RunStatus.PENDING]
+        many = cap and len(done) > MAX_DONE_LISTED
+        self._notify(
+            Notification(
+                done=frozenset(() if many else done),
+                many_done=many,
+                queues=frozenset(r.queue for r in changed if r.status is RunStatus.PENDING),
+                events=True,
+            )
+        )
+
+    # ------------------------------------------------------------------ definitions
+
+    async def register_definitions(
+        self, queues: Sequence[QueueDefinition], jobs: Sequence[JobDefinition]
+    ) -> None:
+        await self._checkpoint()
+        named = [("queue", q.name, q.max_concurrency) for q in queues]
+        named += [("job", j.name, j.max_concurrency) for j in jobs]
+        for kind, name, limit in named:
+            check_name(name, kind)
+            if limit is not None and limit < 1:
+                raise DatabaseError(f"constraint {kind}s_max_concurrency_check violated")
+        tables = self._tables
+        for q in queues:
+            queue = tables.queues.setdefault(q.name, QueueRow(q.max_concurrency))
+            queue.max_concurrency = q.max_concurrency  # `enabled` stays as it is
+        for j in jobs:
+            enabled = tables.jobs[j.name].enabled if j.name in tables.jobs else True
+            tables.jobs[j.name] = JobRow(j.queue, j.max_concurrency, dumps(j.args_schema), enabled)
+
+    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
+        await self._checkpoint()
+        if kind == "schedule":
+            return self._set_schedule_enabled(name, enabled)
+        if kind not in ("job", "queue"):
+            raise ValueError(f"kind must be 'job' or 'queue', not {kind!r}")
+        tables = self._tables
+        row = tables.jobs.get(name) if kind == "job" else tables.queues.get(name)
+        if row is None:
+            return False
+        row.enabled = enabled
+        return True
+
+    # ------------------------------------------------------------------ runs
+
+    async def enqueue(
+        self, runs: Sequence[NewRun], *, reject_duplicates: bool = False
+    ) -> list[Enqueued]:
+        await self._checkpoint()
+        for run in runs:
+            self._check_new_run(run)
+        tables, now = self._tables, self.now()
+        ids = [tables.next_run_id() for _ in runs]
+        if reject_duplicates:
+            for run in runs:
+                holder = tables.dedup.get((run.job, run.dedup_id)) if run.dedup_id else None
+                if holder is not None:
+                    raise DuplicateRun(run.job, run.dedup_id or "", holder)
+        results, inserted = [], []
+        for run_id, run in zip(ids, runs, strict=True):
+            holder = tables.dedup.get((run.job, run.dedup_id)) if run.dedup_id else None
+            if holder is not None:
+                results.append(Enqueued(holder, False))
+                continue
+            row = _new_row(run_id, run, now)
+            tables.insert(row)
+            tables.add_event(row, now, "pending", _created_data(row))
+            inserted.append(row)
+            results.append(Enqueued(run_id, True))
+        if inserted:
+            ready = frozenset(r.queue for r in inserted if r.not_before <= now)
+            self._notify(Notification(queues=ready, events=True))
+        return results
+
+    def _check_new_run(self, run: NewRun) -> None:
+        """The column types and constraints an INSERT into ``runs`` would check."""
+        check_name(run.job, "job")
+        check_name(run.queue, "queue")
+        check_dedup_id(run.dedup_id)
+        check_smallint(run.priority, "priority")
+        jsonb(run.args_json)
+        if run.max_attempts < 1:
+            raise DatabaseError("constraint runs_max_attempts_check violated")
+        if run.parent_run_id is not None and run.parent_run_id not in self._tables.runs:
+            raise DatabaseError(f"ForeignKeyViolationError: no run {run.parent_run_id}")
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        jobs: Sequence[str],
+        capacity: int,
+        lease_seconds: float,
+    ) -> list[RunRecord]:
+        await self._checkpoint()
+        tables, now = self._tables, self.now()
+        chosen = tables.claimable(queues, jobs, capacity, now, worker_id)
+        for row in chosen:
+            tables.set_status(row, RunStatus.RUNNING)
+            row.attempt += 1
+            row.started_at = now
+            row.worker_id = worker_id
+            row.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            tables.add_event(row, now, "running", {"attempt": row.attempt, "worker": worker_id})
+        return [row.record() for row in chosen]
+
+    async def complete(self, worker_id: str, completions: Sequence[Completion]) -> set[int]:
+        await self._checkpoint()
+        for completion in completions:
+            _check_completion(completion)
+        tables, now = self._tables, self.now()
+        changed: list[Row] = []
+        for completion in completions:
+            row = tables.owned(completion.run_id, completion.attempt, worker_id)
+            if row is not None:
+                self._finish_attempt(row, completion, now)
+                changed.append(row)
+        self._notify_changes(changed, cap=True)
+        return {row.id for row in changed}
+
+    def _finish_attempt(self, row: Row, completion: Completion, now: datetime) -> None:
+        """One row of ``complete_runs``: finished, or back to pending (retry or handback)."""
+        retry, handback = completion.retry_in is not None, completion.handback
+        again = retry or handback
+        error = None if completion.error is None else dumps(completion.error)
+        self._tables.set_status(row, RunStatus.PENDING if again else completion.status)
+        if retry:
+            row.trigger = Trigger.RETRY
+            row.not_before = now + timedelta(seconds=completion.retry_in or 0.0)
+        elif handback:
+            row.trigger = Trigger.RESTART
+            row.max_attempts += 1
+        row.finished_at = None if again else now
+        row.worker_id = row.lease_expires_at = None
+        row.result, row.error = completion.result_json, error
+        if error is not None:
+            row.errors.append(error)
+        if completion.status is RunStatus.SUCCEEDED and not again:
+            row.progress = 1.0
+        data: dict[str, Any] = {"attempt": row.attempt, "error": completion.error}
+        if retry:
+            data["retry_at"] = timestamp(row.not_before)
+        kind = "retrying" if retry else row.status.value
+        self._tables.add_event(row, now, kind, strip_nulls(data))
+
+    async def heartbeat(
+        self, worker_id: str, runs: Sequence[tuple[int, int]], lease_seconds: float
+    ) -> Heartbeat:
+        await self._checkpoint()
+        tables, now = self._tables, self.now()
+        worker = tables.workers.get(worker_id)
+        if worker is not None:
+            worker.heartbeat_at = now
+        kept = [
+            row for run_id, attempt in runs if (row := tables.owned(run_id, attempt, worker_id))
+        ]
+        for row in kept:
+            row.lease_expires_at = now + timedelta(seconds=lease_seconds)
+        return Heartbeat(
+            registered=worker is not None,
+            kept=frozenset(row.id for row in kept),
+            cancel_requested=frozenset(row.id for row in kept if row.cancel_requested),
+        )
+
+    async def sweep(self, worker_ttl_seconds: float) -> SweepResult:
+        await self._checkpoint()
+        tables, now = self._tables, self.now()
+        stale = sorted(
+            (tables.runs[i] for i in tables.running),
+            key=lambda r: r.lease_expires_at or now,
+        )
+        stale = [r for r in stale if r.lease_expires_at and r.lease_expires_at < now]
+        overdue = sorted(
+            (r for r in map(tables.runs.__getitem__, tables.pending) if r.not_after is not None),
+            key=lambda r: r.not_after or now,
+        )
+        overdue = [r for r in overdue if r.not_after and r.not_after <= now][:SWEEP_BATCH]
+        rescued = [self._rescue(row, now) for row in stale[:SWEEP_BATCH]]
+        for row in overdue:
+            tables.set_status(row, RunStatus.EXPIRED)
+            row.finished_at = now
+            tables.add_event(row, now, "expired", {"attempt": row.attempt, "rescued": False})
+        horizon = now - timedelta(seconds=worker_ttl_seconds)
+        gone = [w for w, row in tables.workers.items() if row.heartbeat_at < horizon]
+        for worker_id in gone:
+            del tables.workers[worker_id]
+        self._notify_changes([*rescued, *overdue])
+        restarted = sum(r.status is RunStatus.PENDING for r in rescued)
+        return SweepResult(restarted, len(rescued) - restarted, len(overdue), len(gone))
+
+    def _rescue(self, row: Row, now: datetime) -> Row:
+        """A run whose worker stopped heartbeating: retry, fail, or finish its cancellation."""
+        error = {
+            "type": "LeaseExpired",
+            "attempt": row.attempt,
+            "traceback": "",
+            "message": f"worker {row.worker_id} stopped heartbeating "
+            f"(lease expired at {row.lease_expires_at})",
+        }
+        if row.cancel_requested:
+            status = RunStatus.CANCELLED
+        elif row.attempt < row.max_attempts:
+            status = RunStatus.PENDING
+        else:
+            status = RunStatus.FAILED
+        self._tables.set_status(row, status)
+        row.trigger = Trigger.RESTART
+        row.finished_at = None if status is RunStatus.PENDING else now
+        row.error = dumps(error)
+        row.errors.append(row.error)
+        row.worker_id = row.lease_expires_at = None
+        data = {"attempt": row.attempt, "error": error, "rescued": True}
+        self._tables.add_event(row, now, status.value, strip_nulls(data))
+        return row
+
+    async def cancel(self, run_id: int, cascade: bool) -> list[tuple[int, RunStatus]]:
+        await self._checkpoint()
+        tables, now = self._tables, self.now()
+        top = tables.runs.get(run_id)
+        targets = tables.descendants(run_id) if cascade else [top] if top else []
+        active = sorted((r for r in targets if r.status not in TERMINAL_STATUSES), key=_by_id)
+        for row in active:
+            row.cancel_requested = True
+            if row.status is RunStatus.PENDING:
+                tables.set_status(row, RunStatus.CANCELLED)
+                row.finished_at = now
+                tables.add_event(row, now, "cancelled", {})
+            else:
+                tables.add_event(row, now, "cancel_requested", {})
+        if active:
+            self._notify(
+                Notification(
+                    done=frozenset(r.id for r in active if r.status is RunStatus.CANCELLED),
+                    cancel=frozenset(r.id for r in active if r.status is RunStatus.RUNNING),
+                    events=True,
+                )
+            )
+        return [(row.id, row.status) for row in active]
+
+    async def add_events(
+        self, worker_id: str, events: Sequence[tuple[int, int, str, dict[str, Any]]]
+    ) -> int:
+        await self._checkpoint()
+        texts = [jsonb(dumps(data)) for _, _, _, data in events]
+        tables, now = self._tables, self.now()
+        owned = [
+            (row, kind, data, text)
+            for (run_id, attempt, kind, data), text in zip(events, texts, strict=True)
+            if (row := tables.owned(run_id, attempt, worker_id)) is not None
+        ]
+        # like add_events in SQL: only the last progress event of a run updates its row
+        last_progress = {row.id: (row, data) for row, kind, data, _ in owned if kind == "progress"}
+        for row, data in last_progress.values():
+            _apply_progress(row, data)
+        for row, kind, _, text in owned:
+            tables.add_event(row, now, kind, text)
+        if owned:
+            self._notify(Notification(events=True))
+        return len(owned)
+
+    # ------------------------------------------------------------------ workers
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._checkpoint()
+        self._tables.workers[info.id] = WorkerRow(self.now(), info.queues, info.jobs)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._checkpoint()
+        self._tables.workers.pop(worker_id, None)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_run(self, run_id: int) -> RunRecord | None:
+        await self._checkpoint()
+        row = self._tables.runs.get(run_id)
+        return None if row is None else row.record()
+
+    async def get_runs(self, where: RunFilter) -> list[RunRecord]:
+        await self._checkpoint()
+        found: list[RunRecord] = []
+        for run_id in sorted(self._tables.runs, reverse=True):
+            if len(found) >= where.limit:
+                break
+            row = self._tables.runs[run_id]
+            if _matches(row, where):
+                found.append(row.record())
+        return found
+
+    async def terminal_runs(self, run_ids: Sequence[int]) -> list[RunRecord]:
+        await self._checkpoint()
+        rows = (self._tables.runs.get(run_id) for run_id in sorted(set(run_ids)))
+        return [row.record() for row in rows if row and row.status in TERMINAL_STATUSES]
+
+    async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]:
+        await self._checkpoint()
+        return self._tables.events(run_id, after_id, limit)
+
+
+# ---------------------------------------------------------------------- row helpers
+
+
+def _new_row(run_id: int, run: NewRun, now: datetime) -> Row:
+    return Row(
+        id=run_id,
+        job=run.job,
+        queue=run.queue,
+        args=run.args_json,
+        status=RunStatus.PENDING,
+        trigger=run.trigger,
+        priority=run.priority,
+        max_attempts=run.max_attempts,
+        created_at=now,
+        not_before=run.not_before or now,
+        not_after=run.not_after,
+        dedup_id=run.dedup_id,
+        parent_run_id=run.parent_run_id,
+        root_run_id=run.root_run_id or run_id,
+    )
+
+
+def _created_data(row: Row) -> dict[str, Any]:
+    return {
+        "job": row.job,
+        "queue": row.queue,
+        "parent_run_id": row.parent_run_id,
+        "trigger": row.trigger.value,
+    }
+
+
+def _check_completion(completion: Completion) -> None:
+    """Only a retry or a handback may leave a run unfinished (``runs_terminal_has_finish``)."""
+    again = completion.retry_in is not None or completion.handback
+    if not again and completion.status not in TERMINAL_STATUSES:
+        raise DatabaseError("constraint runs_terminal_has_finish violated")
+    if completion.result_json is not None:
+        jsonb(completion.result_json)
+
+
+def _apply_progress(row: Row, data: dict[str, Any]) -> None:
+    """Progress events also update the run row, as ``add_events`` does."""
+    value = data.get("progress")
+    row.progress = None if value is None else real(float(value))
+    message = data.get("message")
+    if message is not None:
+        row.status_message = message if isinstance(message, str) else dumps(message)
+
+
+def _by_id(row: Row) -> int:
+    return row.id
+
+
+def _matches(row: Row, where: RunFilter) -> bool:
+    return (
+        (where.job is None or row.job == where.job)
+        and (where.status is None or row.status is where.status)
+        and (where.parent_run_id is None or row.parent_run_id == where.parent_run_id)
+        and (where.root_run_id is None or row.root_run_id == where.root_run_id)
+        and (where.trigger is None or row.trigger is where.trigger)
+        and (where.before_id is None or row.id < where.before_id)
+        and (where.created_after is None or row.created_at >= where.created_after)
+        and (where.created_before is None or row.created_at < where.created_before)
+    )
+
+
+if TYPE_CHECKING:
+    # mypy checks here that MemoryBackend implements the whole protocol
+    _conforms: type[Backend] = MemoryBackend

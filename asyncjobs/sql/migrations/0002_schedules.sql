@@ -1,0 +1,143 @@
+-- Schedules (cron and interval), all_nodes copies claimable by one worker only, and the
+-- index behind "last successful run".
+
+CREATE TABLE asyncjobs.schedules (
+    -- the stable key: the job's name for @app.job(schedule=...)
+    name          text PRIMARY KEY CHECK (name <> '' AND length(name) <= 200),
+    job           text NOT NULL CHECK (job <> '' AND length(job) <= 200),
+    cron          text CHECK (length(cron) <= 200),
+    every         interval CHECK (every > interval '0'),
+    initial_delay interval NOT NULL DEFAULT '0' CHECK (initial_delay >= interval '0'),
+    timezone      text NOT NULL DEFAULT 'UTC',
+    -- the arguments of every run it fires, validated when the schedule was declared
+    args          jsonb NOT NULL DEFAULT '{}',
+    misfire       text NOT NULL DEFAULT 'once' CHECK (misfire IN ('skip', 'once', 'all')),
+    all_nodes     boolean NOT NULL DEFAULT false,
+    -- a run-time switch, never overwritten by a deploy
+    enabled       boolean NOT NULL DEFAULT true,
+    -- when the timing was stored, changed or enabled again: interval ticks count from here
+    anchor_at     timestamptz NOT NULL DEFAULT now(),
+    -- NULL until the next scheduler pass computes it from anchor_at
+    next_fire_at  timestamptz,
+    last_fire_at  timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_timing_check CHECK ((cron IS NULL) <> (every IS NULL))
+);
+
+-- A run fired by a schedule names it and its tick; an all_nodes copy names its worker.
+ALTER TABLE asyncjobs.runs
+    ADD COLUMN schedule      text,
+    ADD COLUMN scheduled_at  timestamptz,
+    ADD COLUMN target_worker text,
+    ADD CONSTRAINT runs_schedule_check CHECK ((schedule IS NULL) = (scheduled_at IS NULL));
+
+-- Each tick fires exactly once (per worker for all_nodes copies), however many schedulers
+-- race for it: the database refuses a second run for the same (schedule, tick, worker).
+CREATE UNIQUE INDEX runs_schedule_fire_idx
+    ON asyncjobs.runs (schedule, scheduled_at, target_worker) NULLS NOT DISTINCT
+    WHERE schedule IS NOT NULL;
+-- "Last successful run" of a job without scanning its failures.
+CREATE INDEX runs_last_success_idx ON asyncjobs.runs (job, finished_at DESC)
+    WHERE status = 'succeeded';
+
+-- The claim skips all_nodes copies meant for other workers (schema.sql has the same body).
+CREATE OR REPLACE FUNCTION asyncjobs.claim_runs(
+    p_worker text, p_queues text[], p_jobs text[], p_capacity integer, p_lease interval
+) RETURNS SETOF asyncjobs.runs
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    limited_queues text[];
+    limited_jobs   text[];
+BEGIN
+    SELECT coalesce(array_agg(name), '{}') INTO limited_queues
+      FROM asyncjobs.queues WHERE name = ANY (p_queues) AND max_concurrency IS NOT NULL;
+    SELECT coalesce(array_agg(name), '{}') INTO limited_jobs
+      FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND max_concurrency IS NOT NULL;
+
+    PERFORM pg_advisory_xact_lock(key)
+       FROM (SELECT asyncjobs.limit_lock_key('queue', q) AS key FROM unnest(limited_queues) q
+             UNION
+             SELECT asyncjobs.limit_lock_key('job', j) FROM unnest(limited_jobs) j
+             ORDER BY key) AS keys;
+
+    RETURN QUERY
+    WITH
+    -- free slots per queue this worker serves (its own capacity when unlimited or disabled=0)
+    queue_room AS (
+        SELECT wq.name AS queue,
+               CASE WHEN NOT coalesce(q.enabled, true) THEN 0
+                    WHEN q.max_concurrency IS NULL THEN p_capacity
+                    ELSE greatest(0, q.max_concurrency - (
+                        SELECT count(*) FROM asyncjobs.runs r
+                         WHERE r.status = 'running' AND r.queue = wq.name))::integer
+               END AS room
+          FROM unnest(p_queues) AS wq(name)
+          LEFT JOIN asyncjobs.queues q ON q.name = wq.name
+    ),
+    -- free slots per limited job, counted over all queues
+    job_room AS (
+        SELECT j.name AS job,
+               greatest(0, j.max_concurrency - (
+                   SELECT count(*) FROM asyncjobs.runs r
+                    WHERE r.status = 'running' AND r.job = j.name))::integer AS room
+          FROM asyncjobs.jobs j WHERE j.name = ANY (limited_jobs)
+    ),
+    -- jobs that cannot start now: disabled, or at their limit
+    blocked AS (
+        SELECT coalesce(array_agg(name), '{}') AS jobs FROM (
+            SELECT job AS name FROM job_room WHERE room = 0
+            UNION SELECT name FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled
+        ) b
+    ),
+    -- MATERIALIZED: an optimization fence, so the planner cannot re-run the LIMITed,
+    -- row-locking scan and lock or update more rows than LIMIT (Oban's reason, too)
+    candidates AS MATERIALIZED (
+        SELECT c.id, c.job, c.priority
+          FROM queue_room qr
+         CROSS JOIN blocked
+         CROSS JOIN LATERAL (
+               SELECT r.id, r.job, r.priority
+                 FROM asyncjobs.runs r
+                WHERE r.status = 'pending'
+                  AND r.queue = qr.queue
+                  AND r.job = ANY (p_jobs)
+                  AND r.job <> ALL (blocked.jobs)
+                  -- an all_nodes schedule's copy is for one worker only
+                  AND (r.target_worker IS NULL OR r.target_worker = p_worker)
+                  AND r.not_before <= now()
+                  AND (r.not_after IS NULL OR r.not_after > now())
+                ORDER BY r.priority DESC, r.id
+                LIMIT least(qr.room, p_capacity)
+                  FOR UPDATE SKIP LOCKED
+         ) c
+         WHERE qr.room > 0
+    ),
+    -- a limited job takes at most its free slots, best runs first
+    chosen AS (
+        SELECT ranked.id FROM (
+            SELECT c.id, c.priority, jr.room,
+                   row_number() OVER (PARTITION BY c.job ORDER BY c.priority DESC, c.id) AS rank
+              FROM candidates c LEFT JOIN job_room jr ON jr.job = c.job
+        ) ranked
+         WHERE ranked.room IS NULL OR ranked.rank <= ranked.room
+         ORDER BY ranked.priority DESC, ranked.id
+         LIMIT p_capacity
+    ),
+    claimed AS (
+        UPDATE asyncjobs.runs r
+           SET status = 'running', attempt = r.attempt + 1, started_at = now(),
+               worker_id = p_worker, lease_expires_at = now() + p_lease
+          FROM chosen WHERE r.id = chosen.id
+        RETURNING r.*
+    ),
+    started AS (
+        INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+        SELECT id, root_run_id, 'running', jsonb_build_object('attempt', attempt, 'worker', p_worker)
+          FROM claimed
+    )
+    SELECT * FROM claimed ORDER BY priority DESC, id;
+END
+$$;
+
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (2, 'schedules');

@@ -1,0 +1,140 @@
+"""Helpers of the fault tests: databases on a private server, worker processes, deadlines.
+
+Fault tests stop, restart or kill things, so they run on an ``EmbeddedPostgres`` started once
+per test module (``initdb`` costs more than a second), with a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+from asyncjobs.backends.postgres import PostgresBackend
+from asyncjobs.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+#: generous: other engineers' tests share the two cores
+WAIT = 20.0
+
+
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """Body of a module-scoped fixture: one private server for the module."""
+    with EmbeddedPostgres() as pg:
+        yield pg
+
+
+async def new_database(pg: EmbeddedPostgres) -> str:
+    """A fresh database with the asyncjobs schema on the private server; returns its DSN."""
+    name = f"fault_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = pg.database(name)
+    backend = PostgresBackend(dsn, migrate=True)
+    await backend.open()
+    await backend.close()
+    return dsn
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = WAIT, what: str = "condition"
+) -> None:
+    """Wait until ``check()`` holds, polling, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await anyio.sleep(0.02)
+
+
+async def db_now(conn: asyncpg.Connection) -> datetime:
+    """The database clock (the one leases and the jobs' records use)."""
+    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return now
+
+
+@dataclass
+class WorkerProcess:
+    """One ``python -m asyncjobs worker`` process; its log (stdout and stderr) goes to a file."""
+
+    worker_id: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    killed_at: datetime | None = field(default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def kill9(self, conn: asyncpg.Connection) -> datetime:
+        """SIGKILL, reap, then read the database clock: later than the process's last act."""
+        self.proc.send_signal(signal.SIGKILL)
+        await self.exited(5.0)
+        self.killed_at = await db_now(conn)
+        return self.killed_at
+
+    async def exited(self, timeout: float) -> int:
+        """The exit code, waiting up to ``timeout`` s; AssertionError if still running."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.worker_id} still running after {timeout} s")
+            await anyio.sleep(0.01)
+        return self.proc.returncode
+
+    def stop_now(self) -> None:
+        """Teardown: make sure the process is gone."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_worker(
+    app: str,
+    dsn: str,
+    worker_id: str,
+    log_dir: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start ``python -m asyncjobs worker APP --dsn DSN --worker-id ID OPTIONS...``."""
+    command = [
+        sys.executable, "-m", "asyncjobs", "worker", app,
+        "--dsn", dsn, "--worker-id", worker_id, *options,
+    ]  # fmt: skip
+    log = log_dir / f"{worker_id}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return WorkerProcess(worker_id, proc, log)
+
+
+async def registered(conn: asyncpg.Connection, worker_id: str) -> bool:
+    """Whether the worker has registered itself (it is up and about to claim)."""
+    found = await conn.fetchval("SELECT count(*) FROM asyncjobs.workers WHERE id = $1", worker_id)
+    return bool(found)

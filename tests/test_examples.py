@@ -1,0 +1,51 @@
+"""The examples run, and the README shows them exactly as they are in examples/."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+# Each README code block that starts with `# examples/NAME.py` must equal that file.
+README_BLOCK = re.compile(r"```python\n# (examples/\w+\.py)\n(.*?)```", re.DOTALL)
+
+EXPECTED_OUTPUT = {
+    "quickstart.py": ["message_id='<receipt-7@shop>'"],
+    "options.py": ["duplicate of run", "created: False", "reindexed acme", "expired"],
+    "trace_tree.py": ["result: 6", "└─", "cancelled"],
+    "unit_testing.py": ["failed as expected: ValueError negative invoice", "ok"],
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+async def test_example_runs(example: Path, dsn: str) -> None:
+    with anyio.fail_after(90):
+        result = await anyio.run_process(
+            [sys.executable, str(example)],
+            env={**os.environ, "ASYNCJOBS_DSN": dsn},
+            cwd=ROOT,
+            check=False,
+        )
+    stdout, stderr = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, stderr
+    for expected in EXPECTED_OUTPUT.get(example.name, []):
+        assert expected in stdout, stdout
+
+
+def test_every_example_has_expectations() -> None:
+    assert {p.name for p in EXAMPLES} <= EXPECTED_OUTPUT.keys()
+
+
+def test_readme_shows_examples_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = dict(README_BLOCK.findall(readme))
+    assert shown, "the README shows no example"
+    for path, code in shown.items():
+        assert (ROOT / path).read_text() == code, f"README copy of {path} is out of date"
