@@ -26,6 +26,10 @@ from asyncjobs.errors import RunNotFound as RunNotFound
 from asyncjobs.errors import RunTimeout as RunTimeout
 from asyncjobs.errors import SchemaMismatch as SchemaMismatch
 from asyncjobs.errors import UnknownJob as UnknownJob
+from asyncjobs.explain import Explanation as Explanation
+from asyncjobs.explain import Reason as Reason
+from asyncjobs.explain import ReasonCode as ReasonCode
+from asyncjobs.explain import SlotHolder as SlotHolder
 from asyncjobs.feed import TraceUpdate as TraceUpdate
 from asyncjobs.feed import UpdateKind as UpdateKind
 from asyncjobs.jobs import Job as Job
@@ -37,6 +41,9 @@ from asyncjobs.runs import RunPage as RunPage
 from asyncjobs.runs import RunRecord as RunRecord
 from asyncjobs.runs import RunStatus as RunStatus
 from asyncjobs.runs import Trigger as Trigger
+from asyncjobs.schedules import ScheduleState as ScheduleState
+from asyncjobs.summary import JobSummary as JobSummary
+from asyncjobs.summary import LastSuccess as LastSuccess
 from asyncjobs.worker import Worker as Worker
 from asyncjobs.worker import WorkerStats as WorkerStats
 
@@ -51,10 +58,15 @@ __all__ = (
     "DuplicateRun",
     "EmbeddedPostgresError",
     "EventCursor",
+    "Explanation",
     "InvalidArguments",
     "Job",
+    "JobSummary",
     "JobTimeout",
+    "LastSuccess",
     "PruneResult",
+    "Reason",
+    "ReasonCode",
     "RetryPolicy",
     "Run",
     "RunCancelled",
@@ -68,7 +80,9 @@ __all__ = (
     "RunRecord",
     "RunStatus",
     "RunTimeout",
+    "ScheduleState",
     "SchemaMismatch",
+    "SlotHolder",
     "TraceUpdate",
     "Trigger",
     "UnknownJob",

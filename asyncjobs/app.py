@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
@@ -221,23 +222,24 @@ class App:
         misfire: MisfirePolicy,
         all_nodes: bool,
     ) -> ScheduleDefinition:
-        try:
-            args_json = job.args.encode(dict(args or {}))
-        except InvalidArguments as exc:
-            raise ConfigurationError(f"schedule {name!r}: bad schedule args: {exc}") from exc
-        return define_schedule(
+        definition = define_schedule(
             name=name,
             job=job.name,
             cron=cron,
             every=every,
             initial_delay=initial_delay,
             timezone=timezone,
-            args_json=args_json,
+            args_json="{}",
             misfire=misfire,
             all_nodes=all_nodes,
             # a renamed job keeps the schedule stored under its old name
             previous_names=job.aliases if name == job.name else (),
         )
+        try:
+            args_json = job.args.encode(dict(args or {}))
+        except InvalidArguments as exc:
+            raise ConfigurationError(f"schedule {name!r}: bad schedule args: {exc}") from exc
+        return dataclasses.replace(definition, args_json=args_json)
 
     def _add_schedule(self, definition: ScheduleDefinition) -> None:
         if definition.name in self.schedules:

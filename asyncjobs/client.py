@@ -302,10 +302,13 @@ class Client:
         """
         root = await resolve_root(self.backend, run_id)
         cursor = EventCursor.parse(after) if isinstance(after, str) else after
-        async with NotifySource(self.backend, poll_interval) as source:
-            async for update in trace_updates(
-                self.backend, root, source, after=cursor, grace=grace
-            ):
+        async with (
+            NotifySource(self.backend, poll_interval) as source,
+            contextlib.aclosing(
+                trace_updates(self.backend, root, source, after=cursor, grace=grace)
+            ) as updates,
+        ):
+            async for update in updates:
                 yield update
 
     async def prune(self, older_than: timedelta, *, batch_size: int = 500) -> PruneResult:

@@ -9,6 +9,8 @@ decodes it, typed, in ``run_async``. JSON only, via orjson; never pickle.
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +64,10 @@ class ArgsCodec:
         validated = self._validate(lambda: self.model.model_validate(dict(arguments)))
         plain = validated.model_dump(mode="json", by_alias=True)
         check_shape(plain, self.job_name)
-        text = dumps(plain)
+        try:
+            text = dumps(plain)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+            raise InvalidArguments(f"{self.job_name}: {exc}") from None
         if len(text.encode()) > self.max_bytes:
             raise InvalidArguments(
                 f"{self.job_name}: arguments are {len(text.encode())} bytes encoded, "
@@ -103,10 +108,14 @@ class ResultCodec:
     adapter: pydantic.TypeAdapter[Any]
 
     def encode(self, value: Any) -> str:
-        """May raise ``pydantic_core.PydanticSerializationError`` for non-JSON values."""
+        """May raise ``pydantic_core.PydanticSerializationError`` for non-JSON values, and
+        ``ValueError`` for NUL characters and NaN/Infinity."""
         text = self.adapter.dump_json(value).decode()
-        if "\\u0000" in text:
+        if has_nul_escape(text):
             raise ValueError("result contains a NUL character, which PostgreSQL cannot store")
+        # pydantic writes NaN and Infinity as null; only a result with a null can hide one
+        if "null" in text and _has_non_finite(self.adapter.dump_python(value)):
+            raise ValueError("result contains NaN or Infinity, which JSON cannot hold")
         return text
 
     def decode(self, stored: Any) -> Any:
@@ -147,14 +156,27 @@ def result_codec(job_name: str, annotation: Any) -> ResultCodec:
         raise ConfigurationError(f"job {job_name!r}: cannot encode return type: {exc}") from exc
 
 
+# ``\u0000`` preceded by an even number of backslashes: a NUL, not an escaped backslash
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def has_nul_escape(json_text: str) -> bool:
+    """Whether JSON text holds a NUL character, which jsonb (and text) cannot store."""
+    return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
+
+
 def check_shape(value: Any, job_name: str) -> None:
-    """Refuse what PostgreSQL or JSON cannot hold: NUL characters, very deep nesting."""
+    """Refuse what PostgreSQL or JSON cannot hold: NUL characters, very deep nesting, and
+    NaN/Infinity (in untyped values pydantic lets them through and JSON would say null)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 raise InvalidArguments(f"{job_name}: strings may not contain NUL characters")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidArguments(f"{job_name}: NaN and Infinity are not JSON numbers")
         elif isinstance(item, Mapping):
             _check_depth(depth, job_name)
             stack.extend((key, depth + 1) for key in item)
@@ -162,6 +184,19 @@ def check_shape(value: Any, job_name: str) -> None:
         elif isinstance(item, list | tuple | set | frozenset):
             _check_depth(depth, job_name)
             stack.extend((child, depth + 1) for child in item)
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return False
 
 
 def _check_depth(depth: int, job_name: str) -> None:

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from asyncjobs.runs import RunRecord
 
 if TYPE_CHECKING:
@@ -78,7 +80,7 @@ class Context:
             raise ValueError(f"unknown log level {level!r}; use one of {sorted(_LEVELS)}")
         data: dict[str, Any] = {"level": level, "message": _clip(message)}
         if fields:
-            data["fields"] = fields
+            data["fields"] = _json_fields(fields)
         await self._emit(self.run.id, self.run.attempt, "log", data)
 
     @contextlib.asynccontextmanager
@@ -102,6 +104,27 @@ current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar
 def get_context() -> Context | None:
     """The ``Context`` of the job running in this task, or ``None`` outside a job."""
     return current_context.get()
+
+
+def _json_fields(fields: dict[str, Any]) -> Any:
+    """Log fields as plain JSON, checked now: a bad value fails this call only, instead of
+    the whole batch of events (of other runs too) it would have been written with."""
+    try:
+        plain = orjson.loads(orjson.dumps(fields))
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise TypeError(f"log fields must be JSON values: {exc}") from None
+    return _without_nul(plain)
+
+
+def _without_nul(value: Any) -> Any:
+    """jsonb cannot hold NUL characters; show them as ``\\0``."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\0")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _clip(text: str) -> str:

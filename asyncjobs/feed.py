@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import enum
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -47,9 +47,11 @@ TREE_LIMIT = 5000
 #: Event kinds that finish a run.
 TERMINAL_KINDS = frozenset(status.value for status in RunStatus if status.is_terminal)
 
-#: How soon to read again after a held-back read (seconds), doubling up to ``RETRY_MAX``.
-RETRY_MIN = 0.01
-RETRY_MAX = 0.5
+#: How soon to read again after a held-back read (seconds). While reads make progress it stays
+#: at ``RETRY_MIN`` (the blocker is usually a statement that takes milliseconds); reads that
+#: deliver nothing back off by half each time, up to ``RETRY_MAX``.
+RETRY_MIN = 0.005
+RETRY_MAX = 0.25
 
 # A process-wide logical clock: a read that starts after another one finished sees a newer
 # database snapshot, which is how records are kept from going back in time.
@@ -112,11 +114,12 @@ class SubscriptionEnded(Exception):
 class LiveSource(Protocol):
     """Where a reader waits for more: batches read by someone else, or wake-ups."""
 
-    async def next_batch(self, held_back: bool) -> FeedBatch | None:
+    async def next_batch(self, retry: float | None) -> FeedBatch | None:
         """The next batch, or ``None`` when the reader should catch up from the database.
 
-        ``held_back``: the reader's last read stopped at an event that was not final yet.
-        Raises ``SubscriptionEnded``.
+        ``retry``: the reader's last read stopped at an event that was not final yet; read
+        again after this many seconds even if nothing else happens. Raises
+        ``SubscriptionEnded``.
         """
 
 
@@ -139,6 +142,7 @@ class FeedReader:
         self.page_size = page_size
         #: the last read stopped at a visible event that is not final yet
         self.held_back = False
+        self._retry = RETRY_MIN
         self._newest_read = 0  # read clock when the newest records handed out were read
 
     async def read_runs(self, run_ids: Sequence[int]) -> list[RunRecord]:
@@ -162,7 +166,16 @@ class FeedReader:
         self.held_back = page.held_back
         if page.events:
             self.cursor = page.events[-1].cursor
+        if page.events or not page.held_back:
+            self._retry = RETRY_MIN
+        else:
+            self._retry = min(self._retry * 1.5, RETRY_MAX)
         return page.events
+
+    @property
+    def retry_delay(self) -> float | None:
+        """When held back: how soon to read again (see ``RETRY_MIN``); else ``None``."""
+        return self._retry if self.held_back else None
 
     async def read_batch(self) -> FeedBatch | None:
         """The next page of final events with the records of their runs (for fanning out)."""
@@ -174,7 +187,11 @@ class FeedReader:
         runs = await self.backend.get_runs_by_ids(sorted({e.run_id for e in events}))
         return FeedBatch(start, self.cursor, events, runs, started, tick())
 
-    async def catch_up(self) -> AsyncIterator[TraceUpdate]:
+    def handed_out(self) -> None:
+        """Records read by the caller just now were handed out (keeps them monotone)."""
+        self._newest_read = tick()
+
+    async def catch_up(self) -> AsyncGenerator[TraceUpdate, None]:
         """Updates for everything final after the cursor, a page at a time."""
         while True:
             events = await self.read_page()
@@ -185,8 +202,14 @@ class FeedReader:
                 return
 
     async def accept(self, batch: FeedBatch) -> TraceUpdate | None:
-        """The part of a batch after the cursor, as an update (``None`` when nothing is new)."""
+        """The part of a batch after the cursor, as an update (``None`` when nothing is new).
+
+        Call it only when the reader is at ``batch.start`` or later (catch up first): the
+        cursor then moves to ``batch.end``, since every event of this reader's feed up to
+        there was delivered.
+        """
         events = [e for e in batch.events if e.cursor > self.cursor]
+        self.cursor = max(self.cursor, batch.end)
         if not events:
             return None
         if batch.runs_started > self._newest_read:
@@ -195,7 +218,6 @@ class FeedReader:
             self._newest_read = batch.runs_finished
         else:  # read before records we already handed out: they could be older
             runs = await self.read_runs([e.run_id for e in events])
-        self.cursor = events[-1].cursor
         return TraceUpdate(UpdateKind.EVENTS, self.cursor, events, runs)
 
     async def has_active_runs(self) -> bool:
@@ -227,7 +249,7 @@ async def trace_updates(
     *,
     after: EventCursor | None = None,
     grace: float = DEFAULT_GRACE,
-) -> AsyncIterator[TraceUpdate]:
+) -> AsyncGenerator[TraceUpdate, None]:
     """The trace stream of one tree: a snapshot (unless resuming ``after`` a cursor), then
     every event as it becomes final, then ``END`` once every run has finished and every
     event was delivered. ``END`` carries the final records of the whole tree.
@@ -267,11 +289,19 @@ async def feed_updates(
     backend: Backend,
     source: LiveSource,
     *,
-    after: EventCursor,
+    after: EventCursor | None,
+    snapshot: Callable[[], Awaitable[list[RunRecord]]] | None = None,
     grace: float = DEFAULT_GRACE,
-) -> AsyncIterator[TraceUpdate]:
-    """The global feed after a cursor, forever (the dashboard's run table)."""
-    reader = FeedReader(backend, None, after, grace=grace)
+) -> AsyncGenerator[TraceUpdate, None]:
+    """The global feed, forever (the dashboard's run table): after a cursor, or from now
+    with a ``SNAPSHOT`` of the runs ``snapshot`` reads (read after the position is taken,
+    so no change between the two is lost)."""
+    reader = FeedReader(backend, None, after or EventCursor(), grace=grace)
+    if after is None:
+        reader.cursor = await backend.feed_position(grace)
+        runs = await snapshot() if snapshot is not None else []
+        reader.handed_out()
+        yield TraceUpdate(UpdateKind.SNAPSHOT, reader.cursor, [], runs)
     async for update in reader.catch_up():
         yield update
     while True:
@@ -279,9 +309,11 @@ async def feed_updates(
             yield update
 
 
-async def _next_updates(reader: FeedReader, source: LiveSource) -> AsyncIterator[TraceUpdate]:
+async def _next_updates(
+    reader: FeedReader, source: LiveSource
+) -> AsyncGenerator[TraceUpdate, None]:
     """Wait for the source once; yield what it brought, catching up first where needed."""
-    batch = await source.next_batch(reader.held_back)
+    batch = await source.next_batch(reader.retry_delay)
     if batch is None or batch.start > reader.cursor:
         async for update in reader.catch_up():
             yield update
@@ -300,7 +332,6 @@ class NotifySource:
         self._backend = backend
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
-        self._hold_delay = RETRY_MIN
 
     async def __aenter__(self) -> NotifySource:
         self._backend.add_listener(self._on_notification)
@@ -318,12 +349,9 @@ class NotifySource:
         if notification.events or notification.reconnected:
             self._wake.set()
 
-    async def next_batch(self, held_back: bool) -> FeedBatch | None:
-        timeout = self._hold_delay if held_back else self._poll_interval
-        self._hold_delay = min(self._hold_delay * 2, RETRY_MAX) if held_back else RETRY_MIN
+    async def next_batch(self, retry: float | None) -> FeedBatch | None:
+        timeout = self._poll_interval if retry is None else retry
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
         return None
-
-

@@ -10,7 +10,8 @@ async function. Order, for a worker and one run::
 * ``started`` — it is registered, claims and fires schedules;
 * ``executing`` — a run was claimed and its arguments validated; the job is about to be called;
 * ``executed`` — the job returned and its result was encoded;
-* ``failed`` — the attempt failed (raised, timed out, bad stored arguments, result not JSON);
+* ``failed`` — the attempt failed (raised, timed out, result not JSON; or its stored arguments
+  no longer fit the code, in which case ``executing`` was not called);
   ``ctx.attempt < ctx.run.max_attempts`` tells whether a retry follows;
 * ``stopping`` — the worker stopped claiming and starts draining its running runs;
 * ``stopped`` — everything is released; the worker is gone from the workers table.

@@ -112,7 +112,8 @@ class Scheduler:
                     logger.warning("scheduler: database reachable again")
                     outage = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
 
     async def tick(self, now: datetime | None = None) -> float:
         """One pass: fire what is due at ``now`` (default: the database clock).
@@ -168,6 +169,9 @@ class Scheduler:
         if cursor is None or anchor != state.anchor_at:
             cursor = timing.after(now)  # a worker fires the ticks that come while it runs
             self._cursors[state.name] = (state.anchor_at, cursor)
+            if state.next_fire_at is None:  # show the next tick in listings
+                idle = FirePlan((), cursor)
+                await self.backend.fire_schedule(self._fire(state, job, idle, expected=None))
             return cursor
         planned = plan(timing, cursor, now, state.misfire)
         if planned.fires:

@@ -287,6 +287,8 @@ def define_schedule(
 
 
 def _check_cron(where: str, expression: str) -> None:
+    if len(expression) > 200:
+        raise ConfigurationError(f"{where}: a cron expression has at most 200 characters")
     if len(expression.split()) not in (5, 6) or not croniter.is_valid(expression):
         raise ConfigurationError(
             f"{where}: {expression!r} is not a cron expression (five fields, or six with "

@@ -63,8 +63,11 @@ class ResultWaiter:
     async def _check_loop(self) -> None:
         outage = False
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set, and stop() would then wait forever
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 self._check_all = True
             self._wake.clear()

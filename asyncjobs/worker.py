@@ -170,6 +170,10 @@ class Worker:
         self._running: dict[int, _Execution] = {}
         #: run id → attempt of completions queued but not yet written (their leases are kept)
         self._finishing: dict[int, int] = {}
+        #: an outage is going on (a loop could not reach the database, no heartbeat since)
+        self._outage = False
+        #: loop time before which this worker does not sweep (see ``_sweep_loop``)
+        self._sweep_after = 0.0
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
@@ -329,7 +333,7 @@ class Worker:
     async def _close(self) -> None:
         self._remove_signal_handlers()
         self.backend.remove_listener(self._on_notification)
-        with contextlib.suppress(DatabaseUnavailable):
+        with contextlib.suppress(DatabaseError):  # the row then goes with the next sweep
             await self.backend.unregister_worker(self.id)
         await self.client.__aexit__(None, None, None)
         self._reporting.stop_capture()
@@ -354,6 +358,7 @@ class Worker:
             except DatabaseError as exc:
                 # an outage ends with the listener's reconnect, which wakes this loop at once
                 trouble.failed(exc)
+                self._outage |= isinstance(exc, DatabaseUnavailable)
                 await self._sleep(max(self.poll_interval, trouble.backoff))
                 continue
             trouble.ok()
@@ -576,8 +581,12 @@ class Worker:
             except DatabaseError as exc:
                 # no backoff: the leases depend on the next try
                 trouble.failed(exc)
+                self._outage |= isinstance(exc, DatabaseUnavailable)
                 continue
             trouble.ok()
+            if self._outage:
+                self._outage = False
+                self._sweep_after = asyncio.get_running_loop().time() + self.lease
             self._apply(beat, owned)
 
     def _apply(self, beat: Heartbeat, owned: list[tuple[int, int]]) -> None:
@@ -602,14 +611,22 @@ class Worker:
     async def _sweep_loop(self) -> None:
         """Sweep at random gaps between half and all of ``sweep_interval``: many workers
         started together do not sweep together, and one live worker alone rescues a crashed
-        run within ``lease + sweep_interval`` of the last heartbeat before the crash."""
+        run within ``lease + sweep_interval`` of the last heartbeat before the crash.
+
+        Not during an outage this worker saw, nor for a lease after it ended: the other
+        workers could not heartbeat either, and get that long to renew their leases (as
+        after a server restart, see the ``sweep`` query), so an outage costs no attempts.
+        """
         trouble = _Trouble(f"worker {self.id}: sweeping")
         while True:
             await asyncio.sleep(self.sweep_interval * random.uniform(0.5, 1.0))
+            if self._outage or asyncio.get_running_loop().time() < self._sweep_after:
+                continue
             try:
                 result = await self.backend.sweep(self.lease)
             except DatabaseError as exc:
                 trouble.failed(exc)
+                self._outage |= isinstance(exc, DatabaseUnavailable)
                 continue
             trouble.ok()
             self.stats.rescued_by_sweep += result.restarted + result.failed
@@ -655,4 +672,7 @@ def describe_error(exc: BaseException, attempt: int) -> dict[str, Any]:
     text = "".join(traceback.format_exception(exc))
     if len(text) > MAX_TRACEBACK_CHARS:
         text = "… (cut)\n" + text[-MAX_TRACEBACK_CHARS:]
-    return {"type": name, "message": str(exc)[:4000], "traceback": text, "attempt": attempt}
+    # jsonb cannot hold NUL: one in a message would make the whole completion batch fail
+    message = str(exc)[:4000].replace("\x00", "\\0")
+    text = text.replace("\x00", "\\0")
+    return {"type": name, "message": message, "traceback": text, "attempt": attempt}

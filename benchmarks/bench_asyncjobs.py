@@ -17,7 +17,9 @@ from typing import Any
 
 import asyncpg
 
-HARNESS = Path(os.environ.get("BENCH_HARNESS", Path(__file__).resolve().parents[2] / "shared" / "bench-anchors"))
+# ../shared/bench-anchors beside the repository (BENCH_HARNESS overrides)
+HARNESS = Path(os.environ.get("BENCH_HARNESS")
+               or Path(__file__).resolve().parents[2] / "shared" / "bench-anchors")
 sys.path.insert(0, str(HARNESS))
 
 import _common  # noqa: E402
@@ -80,7 +82,9 @@ class AsyncjobsAdapter:
         await client.__aenter__()
         return Producer(client)
 
-    async def start_worker(self, dsn: str, concurrency: int, on_job: Callable[[int], None]) -> RunningWorker:
+    async def start_worker(
+        self, dsn: str, concurrency: int, on_job: Callable[[int], None]
+    ) -> RunningWorker:
         global _on_job
         _on_job = on_job
         worker = app.worker(dsn, concurrency=concurrency)

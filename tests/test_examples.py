@@ -20,6 +20,9 @@ EXPECTED_OUTPUT = {
     "options.py": ["duplicate of run", "created: False", "reindexed acme", "expired"],
     "trace_tree.py": ["result: 6", "└─", "cancelled"],
     "unit_testing.py": ["failed as expected: ValueError negative invoice", "ok"],
+    "schedules.py": ["trigger: schedule", "heartbeat          * * * * * *      disabled"],
+    "lifecycle.py": ["worker started", "log 3 rows skipped in a.csv", "old name -> 300 rows",
+                     "- not_before:", "- job_disabled:", "'cancelled': 1", "last success: run"],
 }
 
 

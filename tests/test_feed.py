@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ import pytest
 from asyncjobs import App, Context, EventCursor, RunStatus, TraceUpdate
 from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.feed import UpdateKind
+from tests.web_support import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -85,9 +87,7 @@ async def test_resume_after_a_cursor_sees_an_event_with_a_smaller_id_that_commit
         await tx_a.commit()
         assert await _read_until(backend, cursor, 1) == [(a_id, "A")]
         # the naive reader would have missed it
-        naive = await backend.pool.fetch(
-            "SELECT id FROM asyncjobs.run_events WHERE id > $1", b_id
-        )
+        naive = await backend.pool.fetch("SELECT id FROM asyncjobs.run_events WHERE id > $1", b_id)
         assert naive == []
     finally:
         await a.close()
@@ -216,3 +216,60 @@ async def test_prune_deletes_old_finished_trees_and_keeps_active_ones(dsn: str) 
         assert (result.trees, result.runs) == (1, 7) and result.events >= 7 * 3
         assert (await client.get_runs()).runs == [await client.get_run(active.id)]
         assert await client.get_events(active.id)
+
+
+async def test_the_dashboard_prunes_on_its_retention_schedule(dsn: str) -> None:
+    app = _tree_app()
+    board = app.asgi(dsn, retention=timedelta(0), retention_interval=0.05)
+    async with app.client(dsn) as client, app.worker(dsn, concurrency=4), board.lifespan():
+        run = await client.trigger_async("root")
+        await run.result(timeout=20)
+
+        async def pruned() -> bool:
+            return not (await client.get_runs()).runs
+
+        await wait_for(pruned, 10)
+        assert await client.get_events(run.id) == []
+
+
+async def test_the_prune_and_demo_commands(dsn: str) -> None:
+    async def run_cli(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncjobs",
+            *args,
+            "--dsn",
+            dsn,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, output.decode()
+        return output.decode()
+
+    demo = await run_cli("demo", "--exit", "--port", "0")
+    assert "dashboard: http://127.0.0.1:" in demo and "#/runs/1" in demo
+    assert "└─ #8 send_email" in demo
+    pruned = await run_cli("prune", "--older-than", "0s")
+    assert "deleted 1 trace trees: 8 runs" in pruned
+
+
+async def test_the_feed_queries_use_their_indexes(backend: PostgresBackend) -> None:
+    from asyncjobs import sql
+
+    async with backend.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind) "
+            "SELECT g, g / 10, 'log' FROM generate_series(1, 20000) g"
+        )
+        await conn.execute("ANALYZE asyncjobs.run_events")
+        for name, args, index in [
+            ("read_feed", "'5'::xid8, 100, 500, '5 s'", "run_events_feed_idx"),
+            ("read_tree_feed", "'5'::xid8, 100, 500, '5 s', 7", "run_events_root_feed_idx"),
+        ]:
+            query = sql.QUERIES[name].text.rstrip().rstrip(";")
+            await conn.execute(f"PREPARE q AS {query}")
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE q({args})"))
+            await conn.execute("DEALLOCATE q")
+            assert f"Index Scan using {index}" in plan and "Sort" not in plan, plan

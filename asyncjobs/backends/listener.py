@@ -121,18 +121,27 @@ class PostgresListener:
 
     async def _connect(self, lost: asyncio.Event) -> asyncpg.Connection | None:
         settings = {} if "application_name" in self._dsn else {"application_name": APPLICATION_NAME}
+        connecting = asyncio.ensure_future(
+            asyncpg.connect(self._dsn, timeout=5, server_settings=settings)
+        )
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(
-                self._dsn, timeout=5, server_settings=settings
-            )
+            conn: asyncpg.Connection = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # stopped while connecting: asyncpg would leak a connection cancelled half-way
+            # (an unclosed socket), so let it finish and close it then
+            connecting.add_done_callback(_terminate_connection)
+            raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return None
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(self._channel, self._on_notify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except BaseException as exc:  # cancelled too: the connection is not handed out
             conn.terminate()
-            return None
+            if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError
+                          | TimeoutError):  # fmt: skip
+                return None
+            raise
         return conn
 
     @staticmethod
@@ -152,3 +161,9 @@ class PostgresListener:
             await asyncio.wait_for(conn.close(), timeout=1)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             conn.terminate()
+
+
+def _terminate_connection(connecting: asyncio.Future[asyncpg.Connection]) -> None:
+    if connecting.cancelled() or connecting.exception() is not None:
+        return
+    connecting.result().terminate()

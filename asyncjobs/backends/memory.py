@@ -11,6 +11,10 @@ Time comes from ``clock``, a monotonic seconds counter (``time.monotonic`` by de
 test can move time on (``asyncjobs.testing.ManualClock``) to pass a ``not_before``, a
 ``not_after`` or a lease. ``now()`` is the backend's "database clock".
 
+The parts: ``memory_tables`` (rows, indexes, the claim choice), ``memory_runs`` (what each
+statement does to one run), ``memory_feed`` and ``memory_schedules`` (the dashboard feed and
+schedules); this module is the protocol surface, atomicity and notifications.
+
 Share one instance between the worker and the client of a test; both open and close it, and
 only the last close closes it::
 
@@ -29,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from asyncjobs import sql
+from asyncjobs.backends import memory_runs
 from asyncjobs.backends.base import (
     Backend,
     Completion,
@@ -51,17 +56,12 @@ from asyncjobs.backends.memory_tables import (
     Row,
     Tables,
     WorkerRow,
-    check_dedup_id,
     check_name,
-    check_smallint,
     jsonb,
-    real,
-    strip_nulls,
-    timestamp,
 )
 from asyncjobs.codec import dumps
 from asyncjobs.errors import DatabaseError, DuplicateRun
-from asyncjobs.runs import TERMINAL_STATUSES, RunEvent, RunRecord, RunStatus, Trigger
+from asyncjobs.runs import TERMINAL_STATUSES, RunEvent, RunRecord, RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -128,17 +128,21 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
             except Exception:
                 logger.exception("a notification callback failed")
 
-    def _notify_changes(self, changed: Sequence[Row], *, cap: bool = False) -> None:
-        """Finished runs wake ``run_async`` waiters; runs back to pending wake workers."""
+    def _notify_changes(
+        self, changed: Sequence[Row], *, cap: bool = False, wake: frozenset[str] = frozenset()
+    ) -> None:
+        """Finished runs wake ``run_async`` waiters; runs back to pending (and ``wake``) wake
+        the workers of their queues."""
         if not changed:
             return
         done = [r.id for r in changed if r.status is not RunStatus.PENDING]
         many = cap and len(done) > MAX_DONE_LISTED
+        again = frozenset(r.queue for r in changed if r.status is RunStatus.PENDING)
         self._notify(
             Notification(
                 done=frozenset(() if many else done),
                 many_done=many,
-                queues=frozenset(r.queue for r in changed if r.status is RunStatus.PENDING),
+                queues=again | wake,
                 events=True,
             )
         )
@@ -182,9 +186,9 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         self, runs: Sequence[NewRun], *, reject_duplicates: bool = False
     ) -> list[Enqueued]:
         await self._checkpoint()
-        for run in runs:
-            self._check_new_run(run)
         tables, now = self._tables, self.now()
+        for run in runs:
+            memory_runs.check_new_run(tables, run)
         ids = [tables.next_run_id() for _ in runs]
         if reject_duplicates:
             for run in runs:
@@ -197,27 +201,12 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
             if holder is not None:
                 results.append(Enqueued(holder, False))
                 continue
-            row = _new_row(run_id, run, now)
-            tables.insert(row)
-            tables.add_event(row, now, "pending", _created_data(row))
-            inserted.append(row)
+            inserted.append(memory_runs.insert(tables, run_id, run, now))
             results.append(Enqueued(run_id, True))
         if inserted:
             ready = frozenset(r.queue for r in inserted if r.not_before <= now)
             self._notify(Notification(queues=ready, events=True))
         return results
-
-    def _check_new_run(self, run: NewRun) -> None:
-        """The column types and constraints an INSERT into ``runs`` would check."""
-        check_name(run.job, "job")
-        check_name(run.queue, "queue")
-        check_dedup_id(run.dedup_id)
-        check_smallint(run.priority, "priority")
-        jsonb(run.args_json)
-        if run.max_attempts < 1:
-            raise DatabaseError("constraint runs_max_attempts_check violated")
-        if run.parent_run_id is not None and run.parent_run_id not in self._tables.runs:
-            raise DatabaseError(f"ForeignKeyViolationError: no run {run.parent_run_id}")
 
     async def claim(
         self,
@@ -231,52 +220,22 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         tables, now = self._tables, self.now()
         chosen = tables.claimable(queues, jobs, capacity, now, worker_id)
         for row in chosen:
-            tables.set_status(row, RunStatus.RUNNING)
-            row.attempt += 1
-            row.started_at = now
-            row.worker_id = worker_id
-            row.lease_expires_at = now + timedelta(seconds=lease_seconds)
-            tables.add_event(row, now, "running", {"attempt": row.attempt, "worker": worker_id})
+            memory_runs.start_attempt(tables, row, worker_id, lease_seconds, now)
         return [row.record() for row in chosen]
 
     async def complete(self, worker_id: str, completions: Sequence[Completion]) -> set[int]:
         await self._checkpoint()
         for completion in completions:
-            _check_completion(completion)
+            memory_runs.check_completion(completion)
         tables, now = self._tables, self.now()
         changed: list[Row] = []
         for completion in completions:
             row = tables.owned(completion.run_id, completion.attempt, worker_id)
             if row is not None:
-                self._finish_attempt(row, completion, now)
+                memory_runs.finish_attempt(tables, row, completion, now)
                 changed.append(row)
-        self._notify_changes(changed, cap=True)
+        self._notify_changes(changed, cap=True, wake=self._tables.freed_queues(changed))
         return {row.id for row in changed}
-
-    def _finish_attempt(self, row: Row, completion: Completion, now: datetime) -> None:
-        """One row of ``complete_runs``: finished, or back to pending (retry or handback)."""
-        retry, handback = completion.retry_in is not None, completion.handback
-        again = retry or handback
-        error = None if completion.error is None else dumps(completion.error)
-        self._tables.set_status(row, RunStatus.PENDING if again else completion.status)
-        if retry:
-            row.trigger = Trigger.RETRY
-            row.not_before = now + timedelta(seconds=completion.retry_in or 0.0)
-        elif handback:
-            row.trigger = Trigger.RESTART
-            row.max_attempts += 1
-        row.finished_at = None if again else now
-        row.worker_id = row.lease_expires_at = None
-        row.result, row.error = completion.result_json, error
-        if error is not None:
-            row.errors.append(error)
-        if completion.status is RunStatus.SUCCEEDED and not again:
-            row.progress = 1.0
-        data: dict[str, Any] = {"attempt": row.attempt, "error": completion.error}
-        if retry:
-            data["retry_at"] = timestamp(row.not_before)
-        kind = "retrying" if retry else row.status.value
-        self._tables.add_event(row, now, kind, strip_nulls(data))
 
     async def heartbeat(
         self, worker_id: str, runs: Sequence[tuple[int, int]], lease_seconds: float
@@ -310,11 +269,9 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
             key=lambda r: r.not_after or now,
         )
         overdue = [r for r in overdue if r.not_after and r.not_after <= now][:SWEEP_BATCH]
-        rescued = [self._rescue(row, now) for row in stale[:SWEEP_BATCH]]
+        rescued = [memory_runs.rescue(tables, row, now) for row in stale[:SWEEP_BATCH]]
         for row in overdue:
-            tables.set_status(row, RunStatus.EXPIRED)
-            row.finished_at = now
-            tables.add_event(row, now, "expired", {"attempt": row.attempt, "rescued": False})
+            memory_runs.expire(tables, row, now)
         horizon = now - timedelta(seconds=worker_ttl_seconds)
         gone = [w for w, row in tables.workers.items() if row.heartbeat_at < horizon]
         for worker_id in gone:
@@ -323,31 +280,6 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         restarted = sum(r.status is RunStatus.PENDING for r in rescued)
         return SweepResult(restarted, len(rescued) - restarted, len(overdue), len(gone))
 
-    def _rescue(self, row: Row, now: datetime) -> Row:
-        """A run whose worker stopped heartbeating: retry, fail, or finish its cancellation."""
-        error = {
-            "type": "LeaseExpired",
-            "attempt": row.attempt,
-            "traceback": "",
-            "message": f"worker {row.worker_id} stopped heartbeating "
-            f"(lease expired at {row.lease_expires_at})",
-        }
-        if row.cancel_requested:
-            status = RunStatus.CANCELLED
-        elif row.attempt < row.max_attempts:
-            status = RunStatus.PENDING
-        else:
-            status = RunStatus.FAILED
-        self._tables.set_status(row, status)
-        row.trigger = Trigger.RESTART
-        row.finished_at = None if status is RunStatus.PENDING else now
-        row.error = dumps(error)
-        row.errors.append(row.error)
-        row.worker_id = row.lease_expires_at = None
-        data = {"attempt": row.attempt, "error": error, "rescued": True}
-        self._tables.add_event(row, now, status.value, strip_nulls(data))
-        return row
-
     async def cancel(self, run_id: int, cascade: bool) -> list[tuple[int, RunStatus]]:
         await self._checkpoint()
         tables, now = self._tables, self.now()
@@ -355,13 +287,7 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         targets = tables.descendants(run_id) if cascade else [top] if top else []
         active = sorted((r for r in targets if r.status not in TERMINAL_STATUSES), key=_by_id)
         for row in active:
-            row.cancel_requested = True
-            if row.status is RunStatus.PENDING:
-                tables.set_status(row, RunStatus.CANCELLED)
-                row.finished_at = now
-                tables.add_event(row, now, "cancelled", {})
-            else:
-                tables.add_event(row, now, "cancel_requested", {})
+            memory_runs.cancel(tables, row, now)
         if active:
             self._notify(
                 Notification(
@@ -386,7 +312,7 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         # like add_events in SQL: only the last progress event of a run updates its row
         last_progress = {row.id: (row, data) for row, kind, data, _ in owned if kind == "progress"}
         for row, data in last_progress.values():
-            _apply_progress(row, data)
+            memory_runs.apply_progress(row, data)
         for row, kind, _, text in owned:
             tables.add_event(row, now, kind, text)
         if owned:
@@ -417,7 +343,7 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
             if len(found) >= where.limit:
                 break
             row = self._tables.runs[run_id]
-            if _matches(row, where):
+            if memory_runs.matches(row, where):
                 found.append(row.record())
         return found
 
@@ -431,70 +357,8 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         return self._tables.events(run_id, after_id, limit)
 
 
-# ---------------------------------------------------------------------- row helpers
-
-
-def _new_row(run_id: int, run: NewRun, now: datetime) -> Row:
-    return Row(
-        id=run_id,
-        job=run.job,
-        queue=run.queue,
-        args=run.args_json,
-        status=RunStatus.PENDING,
-        trigger=run.trigger,
-        priority=run.priority,
-        max_attempts=run.max_attempts,
-        created_at=now,
-        not_before=run.not_before or now,
-        not_after=run.not_after,
-        dedup_id=run.dedup_id,
-        parent_run_id=run.parent_run_id,
-        root_run_id=run.root_run_id or run_id,
-    )
-
-
-def _created_data(row: Row) -> dict[str, Any]:
-    return {
-        "job": row.job,
-        "queue": row.queue,
-        "parent_run_id": row.parent_run_id,
-        "trigger": row.trigger.value,
-    }
-
-
-def _check_completion(completion: Completion) -> None:
-    """Only a retry or a handback may leave a run unfinished (``runs_terminal_has_finish``)."""
-    again = completion.retry_in is not None or completion.handback
-    if not again and completion.status not in TERMINAL_STATUSES:
-        raise DatabaseError("constraint runs_terminal_has_finish violated")
-    if completion.result_json is not None:
-        jsonb(completion.result_json)
-
-
-def _apply_progress(row: Row, data: dict[str, Any]) -> None:
-    """Progress events also update the run row, as ``add_events`` does."""
-    value = data.get("progress")
-    row.progress = None if value is None else real(float(value))
-    message = data.get("message")
-    if message is not None:
-        row.status_message = message if isinstance(message, str) else dumps(message)
-
-
 def _by_id(row: Row) -> int:
     return row.id
-
-
-def _matches(row: Row, where: RunFilter) -> bool:
-    return (
-        (where.job is None or row.job == where.job)
-        and (where.status is None or row.status is where.status)
-        and (where.parent_run_id is None or row.parent_run_id == where.parent_run_id)
-        and (where.root_run_id is None or row.root_run_id == where.root_run_id)
-        and (where.trigger is None or row.trigger is where.trigger)
-        and (where.before_id is None or row.id < where.before_id)
-        and (where.created_after is None or row.created_at >= where.created_after)
-        and (where.created_before is None or row.created_at < where.created_before)
-    )
 
 
 if TYPE_CHECKING:

@@ -133,9 +133,7 @@ class MemorySchedules:
         holders = sorted(running, key=lambda r: (r.started_at or now, r.id))
         return _with_holders(tables, facts, holders)
 
-    async def job_summary(
-        self: _Base, jobs: Sequence[str], window_seconds: float
-    ) -> JobSummary:
+    async def job_summary(self: _Base, jobs: Sequence[str], window_seconds: float) -> JobSummary:
         await self._checkpoint()
         tables, now = self._tables, self.now()
         window = timedelta(seconds=window_seconds)
@@ -172,8 +170,12 @@ def _upsert(tables: Tables, definition: ScheduleDefinition, now: datetime) -> No
     timing = (definition.cron, definition.every, definition.initial_delay, definition.timezone)
     if row is None:
         row = ScheduleRow(
-            definition.job, *timing, definition.args_json, definition.misfire,
-            definition.all_nodes, anchor_at=now,
+            definition.job,
+            *timing,
+            definition.args_json,
+            definition.misfire,
+            definition.all_nodes,
+            anchor_at=now,
         )
         tables.schedules[definition.name] = row
         return

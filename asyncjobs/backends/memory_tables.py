@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from asyncjobs.codec import dumps, loads
+from asyncjobs.codec import dumps, has_nul_escape, loads
 from asyncjobs.errors import DatabaseError, InvalidArguments
 from asyncjobs.runs import ACTIVE_STATUSES, RunEvent, RunRecord, RunStatus, Trigger
 
@@ -290,6 +290,15 @@ class Tables:
                 chosen.append(row)
         return chosen[: max(capacity, 0)]
 
+    def freed_queues(self, rows: Iterable[Row]) -> frozenset[str]:
+        """Queues where these runs left a slot under a job or queue limit: a worker waiting
+        for that slot may claim again now (``freed`` in ``complete_runs``)."""
+        return frozenset(
+            row.queue
+            for row in rows
+            if _limited(self.jobs.get(row.job)) or _limited(self.queues.get(row.queue))
+        )
+
     def _queue_room(self, name: str, running: Iterable[Row], capacity: int) -> int:
         queue = self.queues.get(name)
         if queue is not None and not queue.enabled:
@@ -301,6 +310,10 @@ class Tables:
 
 def _event_id(event: EventRow) -> int:
     return event.id
+
+
+def _limited(definition: JobRow | QueueRow | None) -> bool:
+    return definition is not None and definition.max_concurrency is not None
 
 
 def _ready(row: Row, now: datetime) -> bool:
@@ -332,7 +345,7 @@ def jsonb(text: str) -> str:
         loads(text)
     except orjson.JSONDecodeError as exc:
         raise DatabaseError(f"InvalidTextRepresentationError: not JSON: {exc}") from exc
-    if "\\u0000" in text:
+    if has_nul_escape(text):
         raise DatabaseError("UntranslatableCharacterError: \\u0000 cannot be stored in jsonb")
     return text
 

@@ -81,6 +81,18 @@ _INVARIANT_CONSTRAINTS = frozenset(
         # enqueue_runs inserts with ON CONFLICT on this unique index and reports the holder
         # as DuplicateRun; a violation that still reaches translate_errors is a bug
         "runs_dedup_idx",
+        # schedules are checked when declared (asyncjobs.schedules.define_schedule), and
+        # fire_schedule inserts with ON CONFLICT on runs_schedule_fire_idx (a tick fired twice
+        # is skipped, not an error)
+        "runs_schedule_check",
+        "runs_schedule_fire_idx",
+        "schedules_name_check",
+        "schedules_job_check",
+        "schedules_cron_check",
+        "schedules_every_check",
+        "schedules_initial_delay_check",
+        "schedules_misfire_check",
+        "schedules_timing_check",
     }
 )
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -162,7 +174,9 @@ class PostgresBackend:
         dsn: str,
         *,
         listen_dsn: str | None = None,
-        min_pool_size: int = 1,
+        # 0: with a floor, asyncpg's pool reconnects on its own while the server is down and
+        # logs a warning with a traceback on every try; on demand, outages are reported once
+        min_pool_size: int = 0,
         max_pool_size: int = 10,
         pgbouncer: bool = False,
         migrate: bool = False,

@@ -26,8 +26,6 @@ from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.feed import (
     DEFAULT_GRACE,
     PAGE_SIZE,
-    RETRY_MAX,
-    RETRY_MIN,
     FeedBatch,
     FeedReader,
     SubscriptionEnded,
@@ -70,9 +68,7 @@ class Subscription:
     """A ``LiveSource`` fed by the broadcaster: every batch with events of ``root_run_id``
     (all batches when ``None``), in order, each saying where it continues from."""
 
-    def __init__(
-        self, broadcaster: Broadcaster, root_run_id: int | None, queue_size: int
-    ) -> None:
+    def __init__(self, broadcaster: Broadcaster, root_run_id: int | None, queue_size: int) -> None:
         self.root_run_id = root_run_id
         self._broadcaster = broadcaster
         self._queue: asyncio.Queue[FeedBatch | _Ended] = asyncio.Queue(queue_size + 1)
@@ -87,7 +83,7 @@ class Subscription:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    async def next_batch(self, held_back: bool) -> FeedBatch | None:
+    async def next_batch(self, retry: float | None) -> FeedBatch | None:
         item = await self._queue.get()
         if isinstance(item, _Ended):
             raise SubscriptionEnded(item.reason)
@@ -159,7 +155,6 @@ class Broadcaster:
         self._subscribers: set[Subscription] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._hold_delay = RETRY_MIN
         self._reads = self._batches = self._events = self._dropped = self._max_queued = 0
 
     async def start(self) -> None:
@@ -175,8 +170,12 @@ class Broadcaster:
         self.backend.remove_listener(self._on_notification)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        self.end_all("shutdown")
+
+    def end_all(self, reason: str) -> None:
+        """End every subscription (their streams close; browsers reconnect later)."""
         for subscription in list(self._subscribers):
-            subscription.end("shutdown")
+            subscription.end(reason)
 
     def subscribe(self, root_run_id: int | None) -> Subscription:
         """A new subscription; batches read from now on are queued for it."""
@@ -208,7 +207,8 @@ class Broadcaster:
         last_read = 0.0
         outage = False
         while True:
-            timeout = self._hold_delay if self._reader.held_back else self.poll_interval
+            retry = self._reader.retry_delay
+            timeout = self.poll_interval if retry is None else retry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if not self._subscribers:
@@ -248,10 +248,6 @@ class Broadcaster:
                 self._fan_out(batch)
             if batch is None or len(batch.events) < reader.page_size:
                 break
-        if reader.held_back:
-            self._hold_delay = min(self._hold_delay * 2, RETRY_MAX)
-        else:
-            self._hold_delay = RETRY_MIN
 
     def _fan_out(self, batch: FeedBatch) -> None:
         self._batches += 1
@@ -264,4 +260,3 @@ class Broadcaster:
                 self._dropped += 1
                 logger.info("dropped a slow event-stream subscriber (it can resume)")
             self._max_queued = max(self._max_queued, subscription.queued)
-

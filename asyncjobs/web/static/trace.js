@@ -1,0 +1,241 @@
+// The trace page: the tree of runs under one root, live, with a waterfall of when each ran,
+// and the details (arguments, result, error with traceback, logs) of the selected run.
+
+import { ApiError, getJSON, postJSON, openStream } from "./api.js";
+import { h, json, replace, throttled } from "./dom.js";
+import { clock, duration, parseTime, runDuration, shownStatus, TERMINAL } from "./format.js";
+import { badge, progressBar } from "./runs.js";
+
+// State events that end an attempt ("pending" after "running": handed back or rescued).
+const ENDS_ATTEMPT = new Set(["succeeded", "failed", "cancelled", "expired", "retrying", "pending"]);
+
+export function renderTrace(view, runId, setLive) {
+  const runs = new Map();
+  const events = new Map(); // run id -> events, in feed order
+  const collapsed = new Set();
+  let selected = runId;
+  let rootId = null;
+  let ended = false;
+  let truncated = false;
+
+  const tbody = h("tbody");
+  const axis = h("div", { class: "axis" });
+  const details = h("div", { class: "details panel", id: "details" });
+  const heading = h("div", { class: "trace-head" });
+  const notice = h("div");
+
+  function addEvents(list) {
+    for (const event of list) {
+      if (!events.has(event.run_id)) events.set(event.run_id, []);
+      events.get(event.run_id).push(event);
+    }
+  }
+
+  function setRuns(list) {
+    for (const run of list) {
+      const known = runs.get(run.id);
+      if (!known || run.version >= known.version) runs.set(run.id, run);
+      if (rootId === null) rootId = run.root_run_id;
+    }
+  }
+
+  const render = throttled(() => {
+    const now = Date.now();
+    renderHeading();
+    renderTree(now);
+    renderDetails(now);
+  });
+
+  function renderHeading() {
+    const root = runs.get(rootId);
+    if (!root) return;
+    const active = [...runs.values()].some((r) => !TERMINAL.has(r.status));
+    replace(heading,
+      h("a", { href: "#/" }, "← Runs"),
+      h("h1", {}, `Trace #${root.id} `, h("span", { class: "muted" }, root.job)),
+      badge(root),
+      h("span", { class: "muted" }, `${runs.size} run${runs.size === 1 ? "" : "s"}`),
+      truncated ? h("span", { class: "muted" }, "(tree cut at 5000 runs)") : null,
+      h("span", { class: "grow" }),
+      active ? h("button", {
+        class: "danger", dataset: { action: "cancel-tree" },
+        onclick: () => cancel(root.id, true),
+      }, "Cancel tree") : null);
+  }
+
+  function childrenOf() {
+    const children = new Map();
+    for (const run of [...runs.values()].sort((a, b) => a.id - b.id)) {
+      const parent = runs.has(run.parent_run_id) ? run.parent_run_id : null;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(run);
+    }
+    return children;
+  }
+
+  function renderTree(now) {
+    const list = [...runs.values()];
+    if (!list.length) return;
+    const start = Math.min(...list.map((r) => parseTime(r.created_at)));
+    const end = Math.max(...list.map((r) => parseTime(r.finished_at) ?? (TERMINAL.has(r.status) ? start : now)));
+    const span = Math.max(end - start, 1);
+    const children = childrenOf();
+    const rows = [];
+    const walk = (run, depth) => {
+      rows.push(treeRow(run, depth, children.has(run.id), start, span, now));
+      if (collapsed.has(run.id)) return;
+      for (const child of children.get(run.id) || []) walk(child, depth + 1);
+    };
+    for (const top of children.get(null) || []) walk(top, 0);
+    replace(tbody, rows);
+    replace(axis, [0, 0.25, 0.5, 0.75, 1].map((f) => h("span", {}, duration(span * f))));
+  }
+
+  // One bar per attempt, from the run's state events: a retried run shows its failed
+  // attempts too. Without events (a cut tree) the run's own start and finish are used.
+  function attempts(run, now) {
+    const bars = [];
+    let open = null;
+    for (const event of events.get(run.id) || []) {
+      const at = parseTime(event.at);
+      if (event.kind === "running") {
+        open = at;
+      } else if (open !== null && ENDS_ATTEMPT.has(event.kind)) {
+        bars.push({ from: open, to: at, status: event.kind === "retrying" ? "failed" : event.kind === "pending" ? "retrying" : event.kind });
+        open = null;
+      }
+    }
+    if (open !== null) bars.push({ from: open, to: parseTime(run.finished_at) ?? now, status: shownStatus(run) });
+    if (!bars.length && run.started_at) {
+      bars.push({ from: parseTime(run.started_at), to: parseTime(run.finished_at) ?? now, status: shownStatus(run) });
+    }
+    return bars;
+  }
+
+  function treeRow(run, depth, hasChildren, start, span, now) {
+    const status = shownStatus(run);
+    const created = parseTime(run.created_at);
+    const pct = (t) => `${(((t - start) / span) * 100).toFixed(2)}%`;
+    const width = (a, b) => `${Math.max(((b - a) / span) * 100, 0.3).toFixed(2)}%`;
+    const bars = attempts(run, now);
+    const waitEnd = bars.length ? bars[0].from : parseTime(run.finished_at) ?? (TERMINAL.has(run.status) ? created : now);
+    const timeline = h("div", { class: "timeline" },
+      h("div", { class: "wait", style: { left: pct(created), width: width(created, waitEnd) } }),
+      bars.map((bar, i) => h("div", {
+        class: "bar", dataset: { status: bar.status },
+        style: { left: pct(bar.from), width: width(bar.from, bar.to) },
+        title: `${run.job} attempt ${i + 1}: ${bar.status}, ${duration(bar.to - bar.from)}`,
+      })));
+    const toggle = h("span", {
+      class: "toggle",
+      onclick: (e) => {
+        e.stopPropagation();
+        if (collapsed.has(run.id)) collapsed.delete(run.id); else collapsed.add(run.id);
+        render();
+      },
+    }, hasChildren ? (collapsed.has(run.id) ? "▸" : "▾") : "");
+    return h("tr", {
+      class: run.id === selected ? "selected" : "",
+      dataset: { runId: run.id, status, job: run.job },
+      onclick: () => { selected = run.id; render(); },
+    },
+    h("td", {}, h("div", { class: "name", style: { "padding-left": `${depth * 18}px` } },
+      toggle, h("span", { class: "job" }, run.job), h("span", { class: "rid" }, `#${run.id}`),
+      run.attempt > 1 ? h("span", { class: "rid" }, `attempt ${run.attempt}`) : null,
+      run.status_message && !TERMINAL.has(run.status) ? h("span", { class: "msg" }, run.status_message) : null)),
+    h("td", {}, badge(run)),
+    h("td", { class: "num" }, duration(runDuration(run, now))),
+    h("td", {}, progressBar(run)),
+    h("td", {}, timeline));
+  }
+
+  function renderDetails(now) {
+    const run = runs.get(selected) || runs.get(rootId);
+    if (!run) return;
+    const active = !TERMINAL.has(run.status);
+    const logs = (events.get(run.id) || []).filter((e) => e.kind === "log");
+    const history = (events.get(run.id) || []).filter((e) => e.kind !== "log" && e.kind !== "progress");
+    const error = run.error;
+    replace(details,
+      h("div", { class: "title" }, h("h1", {}, run.job), h("span", { class: "muted" }, `#${run.id}`),
+        badge(run), h("span", { class: "grow" }),
+        active ? h("button", {
+          class: "danger", dataset: { action: "cancel", runId: run.id },
+          onclick: () => cancel(run.id, false),
+        }, "Cancel") : null),
+      h("dl", {},
+        h("dt", {}, "Queue"), h("dd", {}, run.queue),
+        h("dt", {}, "Trigger"), h("dd", {}, run.trigger),
+        h("dt", {}, "Attempt"), h("dd", {}, `${run.attempt} of ${run.max_attempts}`),
+        h("dt", {}, "Created"), h("dd", {}, clock(parseTime(run.created_at))),
+        h("dt", {}, "Started"), h("dd", {}, clock(parseTime(run.started_at)) || "—"),
+        h("dt", {}, "Finished"), h("dd", {}, clock(parseTime(run.finished_at)) || "—"),
+        h("dt", {}, "Duration"), h("dd", {}, duration(runDuration(run, now)) || "—"),
+        run.worker_id ? [h("dt", {}, "Worker"), h("dd", { class: "mono" }, run.worker_id)] : null,
+        run.progress !== null ? [h("dt", {}, "Progress"), h("dd", {}, progressBar(run), " ",
+          `${Math.round(run.progress * 100)}%`, run.status_message ? ` — ${run.status_message}` : "")] : null),
+      h("section", {}, h("h2", {}, "Arguments"), h("pre", { class: "args" }, json(run.args))),
+      run.status === "succeeded" ? h("section", {}, h("h2", {}, "Result"), h("pre", { class: "result" }, json(run.result))) : null,
+      error ? h("section", { class: "error" }, h("h2", {}, "Error"),
+        h("div", { class: "err-title" }, `${error.type}: ${error.message}`),
+        error.traceback ? h("pre", { class: "traceback" }, error.traceback) : null) : null,
+      (run.errors || []).length > 1 ? h("section", {}, h("h2", {}, "Earlier attempts"),
+        run.errors.slice(0, -1).map((e) => h("div", { class: "err-title" }, `attempt ${e.attempt}: ${e.type}: ${e.message}`))) : null,
+      h("section", {}, h("h2", {}, `Logs (${logs.length})`),
+        logs.length ? h("div", { class: "logs" }, logs.map((e) => h("div", { class: `lvl-${e.data.level}` },
+          h("span", {}, clock(parseTime(e.at))), h("span", {}, e.data.level || ""),
+          h("span", { class: "text" }, e.data.message ?? json(e.data))))) : h("div", { class: "muted" }, "No log lines.")),
+      h("section", {}, h("h2", {}, "Events"),
+        h("div", { class: "logs" }, history.map((e) => h("div", {},
+          h("span", {}, clock(parseTime(e.at))), h("span", {}, e.kind),
+          h("span", { class: "text" }, Object.keys(e.data).length ? JSON.stringify(e.data) : ""))))));
+  }
+
+  async function cancel(id, cascade) {
+    try {
+      await postJSON(`api/runs/${id}/cancel`, { cascade });
+    } catch (exc) {
+      replace(notice, h("div", { class: "error-box" }, exc instanceof ApiError ? exc.message : String(exc)));
+    }
+  }
+
+  const stream = openStream(`api/runs/${runId}/events`, {
+    parseTime,
+    onState(state) {
+      setLive(state);
+      if (state === "offline") {
+        getJSON(`api/runs/${runId}`).catch((exc) => {
+          if (!(exc instanceof ApiError) || exc.status !== 404) return;
+          stream.close();
+          setLive("idle");
+          replace(view, h("div", { class: "error-box" }, `There is no run #${runId}.`));
+        });
+      }
+    },
+    onMessage(kind, data) {
+      if (kind === "snapshot") {
+        runs.clear();
+        events.clear();
+        truncated = data.truncated;
+      }
+      setRuns(data.runs);
+      addEvents(data.events);
+      if (kind === "end") ended = true;
+      render();
+    },
+  });
+  const ticker = setInterval(() => { if (!ended) render(); }, 500);
+
+  replace(view, heading, notice,
+    h("div", { class: "trace-layout" },
+      h("div", { class: "panel" },
+        h("table", { class: "tree", id: "tree" },
+          h("colgroup", {}, h("col", { class: "c-name" }), h("col", { class: "c-status" }),
+            h("col", { class: "c-dur" }), h("col", { class: "c-prog" }), h("col", {})),
+          h("thead", {}, h("tr", {}, h("th", {}, "Run"), h("th", {}, "Status"), h("th", {}, "Duration"),
+            h("th", {}, "Progress"), h("th", {}, axis))),
+          tbody)),
+      details));
+  replace(tbody, h("tr", {}, h("td", { colspan: 5, class: "empty" }, "Loading…")));
+  return () => { clearInterval(ticker); stream.close(); };
+}
