@@ -49,7 +49,7 @@ TERMINAL_KINDS = frozenset(status.value for status in RunStatus if status.is_ter
 
 #: How soon to read again after a held-back read (seconds). While reads make progress it stays
 #: at ``RETRY_MIN`` (the blocker is usually a statement that takes milliseconds); reads that
-#: deliver nothing back off by half each time, up to ``RETRY_MAX``.
+#: deliver nothing wait half as long again each time, up to ``RETRY_MAX``.
 RETRY_MIN = 0.005
 RETRY_MAX = 0.25
 

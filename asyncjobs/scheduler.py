@@ -114,6 +114,7 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stop.wait()
+        logger.info("scheduler of worker %s stopped: %s", self.worker_id, self.stats)
 
     async def tick(self, now: datetime | None = None) -> float:
         """One pass: fire what is due at ``now`` (default: the database clock).

@@ -181,6 +181,18 @@ async def test_the_global_feed_sends_a_snapshot_then_every_change(dsn: str) -> N
                 if seen.get(run.id) == "succeeded":
                     break
         assert message.data["events"][-1].keys() == {"id", "run_id", "kind", "at"}
+        # reconnecting with the last id continues right there: no snapshot, the next change
+        resumed = {**SSE_HEADERS, "last-event-id": message.id or ""}
+        async with http.stream("GET", "/api/events", headers=resumed) as response:
+            messages = sse_messages(response)
+            later = await client.trigger_async("leaf", n=2)
+            replayed = []
+            async for message in messages:
+                assert message.event == "events"
+                replayed += [e["run_id"] for e in message.data["events"]]
+                if any(r["id"] == later.id for r in message.data["runs"]):
+                    break
+            assert set(replayed) == {later.id}, "nothing from before the cursor comes again"
 
 
 async def test_a_slow_subscriber_is_dropped_without_holding_memory_and_can_resume(

@@ -19,7 +19,8 @@ from starlette.applications import Starlette
 from asyncjobs.backends.base import Backend
 from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.web.broadcast import Broadcaster
-from asyncjobs.web.routes import EXCEPTION_HANDLERS, Api
+from asyncjobs.web.http import EXCEPTION_HANDLERS
+from asyncjobs.web.routes import Api
 from asyncjobs.web.security import Receive, Scope, SecurityMiddleware, Send
 from asyncjobs.web.serialize import Redactor
 from asyncjobs.web.settings import DashboardSettings

@@ -7,13 +7,10 @@ dashboards in one process do not share anything but the code.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -21,74 +18,26 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from asyncjobs.errors import (
-    AsyncJobsError,
-    ConfigurationError,
-    DatabaseUnavailable,
-    DuplicateRun,
-    InvalidArguments,
-    RunNotFound,
-    UnknownJob,
-)
+from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.feed import SubscriptionEnded, TraceUpdate, feed_updates, resolve_root, trace_updates
-from asyncjobs.runs import EventCursor, RunStatus, Trigger
+from asyncjobs.runs import Trigger
+from asyncjobs.web.http import (
+    ApiError,
+    JSONResponse,
+    enabled_flag,
+    int_param,
+    json_body,
+    last_event_id,
+    optional_int,
+    run_filters,
+)
 from asyncjobs.web.openapi import openapi_document
-from asyncjobs.web.serialize import dumps, event_json, run_json, update_json
+from asyncjobs.web.serialize import event_json, jobs_json, run_json, update_json
 
 if TYPE_CHECKING:
     from asyncjobs.web.dashboard import DashboardState
 
 STATIC = Path(__file__).parent / "static"
-_SPACED_OFFSET = re.compile(r"(\d\d:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
-#: Largest accepted POST body.
-MAX_BODY_BYTES = 1024 * 1024
-
-
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
-
-    def init_headers(self, headers: Any = None) -> None:
-        super().init_headers(headers)
-        self.raw_headers.append((b"cache-control", b"no-store"))
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": {...}}`` with an HTTP status."""
-
-    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.extra = extra
-
-
-def error_response(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status)
-
-
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Known errors become 4xx/5xx JSON; anything else is starlette's 500."""
-    if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.kind, str(exc), **exc.extra)
-    status, extra = _status_of(exc)
-    return error_response(status, type(exc).__name__, str(exc), **extra)
-
-
-def _status_of(exc: Exception) -> tuple[int, dict[str, Any]]:
-    if isinstance(exc, UnknownJob | RunNotFound):
-        return 404, {}
-    if isinstance(exc, InvalidArguments):
-        return 422, {"errors": exc.errors}
-    if isinstance(exc, DuplicateRun):
-        return 409, {"existing_run_id": exc.existing_run_id}
-    if isinstance(exc, ConfigurationError):
-        return 409, {}
-    if isinstance(exc, DatabaseUnavailable):
-        return 503, {}
-    return 500, {}
 
 
 class _Stream(EventSourceResponse):
@@ -145,10 +94,12 @@ class Api:
     async def list_runs(self, request: Request) -> Response:
         client = await self.state.client()
         query = request.query_params
-        limit = _int(query.get("limit"), "limit", 50, 1, 1000)
+        limit = int_param(query.get("limit"), "limit", 50, 1, 1000)
         position = await client.backend.feed_position(self.state.settings.grace)
         page = await client.get_runs(
-            **_run_filters(request), limit=limit, cursor=_opt_int(query.get("cursor"), "cursor")
+            **run_filters(request),
+            limit=limit,
+            cursor=optional_int(query.get("cursor"), "cursor"),
         )
         return JSONResponse(
             {
@@ -166,7 +117,7 @@ class Api:
     async def get_tree(self, request: Request) -> Response:
         client = await self.state.client()
         root = await resolve_root(client.backend, request.path_params["run_id"])
-        limit = _int(request.query_params.get("limit"), "limit", 5000, 1, 5000)
+        limit = int_param(request.query_params.get("limit"), "limit", 5000, 1, 5000)
         runs = await client.backend.get_tree(root, limit + 1)
         return JSONResponse(
             {
@@ -182,12 +133,12 @@ class Api:
         client = await self.state.client()
         run_id = request.path_params["run_id"]
         if "text/event-stream" not in request.headers.get("accept", ""):
-            after = _int(request.query_params.get("after"), "after", 0, 0, 2**63 - 1)
-            limit = _int(request.query_params.get("limit"), "limit", 1000, 1, 1000)
+            after = int_param(request.query_params.get("after"), "after", 0, 0, 2**63 - 1)
+            limit = int_param(request.query_params.get("limit"), "limit", 1000, 1, 1000)
             events = await client.get_events(run_id, after, limit)
             return JSONResponse({"events": [event_json(e) for e in events]})
         root = await resolve_root(client.backend, run_id)
-        after_cursor = _last_event_id(request)
+        after_cursor = last_event_id(request)
         state = self.state
         with self._stream_slot() as release:
             subscription = state.broadcaster.subscribe(root)
@@ -200,9 +151,9 @@ class Api:
         """SSE of every run change, for the run table: a snapshot of the first page of runs
         (filtered like ``/api/runs``) unless resuming, then the runs as they change."""
         client = await self.state.client()
-        after = _last_event_id(request)
-        filters = _run_filters(request)
-        limit = _int(request.query_params.get("limit"), "limit", 50, 1, 1000)
+        after = last_event_id(request)
+        filters = run_filters(request)
+        limit = int_param(request.query_params.get("limit"), "limit", 50, 1, 1000)
         state = self.state
 
         async def first_page() -> list[Any]:
@@ -265,7 +216,7 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         client = await self.state.client()
-        body = await _json_body(request)
+        body = await json_body(request)
         cascade = body.get("cascade", False)
         if not isinstance(cascade, bool):
             raise ApiError(400, "BadRequest", "cascade must be true or false")
@@ -277,63 +228,14 @@ class Api:
     async def list_jobs(self, request: Request) -> Response:
         client = await self.state.client()
         queues, jobs = await client.list_definitions()
-        stored_jobs = {j.name: j for j in jobs}
-        stored_queues = {q.name: q for q in queues}
-        redactor = self.state.redactor
-        listed = []
-        for job in self.state.app.jobs.values():
-            stored = stored_jobs.pop(job.name, None)
-            listed.append(
-                {
-                    "name": job.name,
-                    "queue": job.queue,
-                    "aliases": list(job.aliases),
-                    "max_concurrency": job.max_concurrency,
-                    "known": True,
-                    "enabled": None if stored is None else stored.enabled,
-                    "redact": list(job.redact),
-                    "args_schema": redactor.schema(job.name, job.args.json_schema()),
-                    "doc": (job.fn.__doc__ or "").strip() or None,
-                }
-            )
-        listed += [
-            {
-                "name": j.name,
-                "queue": j.queue,
-                "aliases": [],
-                "max_concurrency": j.max_concurrency,
-                "known": False,
-                "enabled": j.enabled,
-                "redact": [],
-                "args_schema": None,
-                "doc": None,
-            }
-            for j in stored_jobs.values()
-        ]
-        names = sorted(set(self.state.app.queues) | set(stored_queues))
+        state = self.state
         return JSONResponse(
-            {
-                "app": self.state.app.name,
-                "title": self.state.settings.title,
-                "jobs": sorted(listed, key=lambda j: j["name"]),
-                "queues": [
-                    {
-                        "name": n,
-                        "max_concurrency": (
-                            stored_queues[n].max_concurrency
-                            if n in stored_queues
-                            else self.state.app.queues[n].max_concurrency
-                        ),
-                        "enabled": stored_queues[n].enabled if n in stored_queues else None,
-                    }
-                    for n in names
-                ],
-            }
+            jobs_json(state.app, state.redactor, state.settings.title, queues, jobs)
         )
 
     async def trigger(self, request: Request) -> Response:
         client = await self.state.client()
-        body = await _json_body(request)
+        body = await json_body(request)
         args = body.get("args", {})
         if not isinstance(args, dict):
             raise ApiError(422, "InvalidArguments", "args must be a JSON object", errors=[])
@@ -342,14 +244,14 @@ class Api:
 
     async def set_job_enabled(self, request: Request) -> Response:
         client = await self.state.client()
-        enabled = _enabled(await _json_body(request))
+        enabled = enabled_flag(await json_body(request))
         name = client.app.get_job(request.path_params["name"]).name
         await client.set_job_enabled(name, enabled)
         return JSONResponse({"name": name, "enabled": enabled})
 
     async def set_queue_enabled(self, request: Request) -> Response:
         client = await self.state.client()
-        enabled = _enabled(await _json_body(request))
+        enabled = enabled_flag(await json_body(request))
         name = request.path_params["name"]
         await client.set_queue_enabled(name, enabled)
         return JSONResponse({"name": name, "enabled": enabled})
@@ -390,97 +292,3 @@ async def _messages(
                 retry = None
         except (SubscriptionEnded, DatabaseUnavailable):
             return  # dropped, shutting down or no database: the browser resumes later
-
-
-# ---------------------------------------------------------------------- request parsing
-
-
-def _last_event_id(request: Request) -> EventCursor | None:
-    text = request.headers.get("last-event-id") or request.query_params.get("after")
-    if not text:
-        return None
-    try:
-        return EventCursor.parse(text)
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", str(exc)) from None
-
-
-def _run_filters(request: Request) -> dict[str, Any]:
-    query = request.query_params
-    status = query.get("status") or None
-    trigger = query.get("trigger") or None
-    if status is not None and status not in {s.value for s in RunStatus}:
-        raise ApiError(400, "BadRequest", f"unknown status {status[:50]!r}")
-    if trigger is not None and trigger not in {t.value for t in Trigger}:
-        raise ApiError(400, "BadRequest", f"unknown trigger {trigger[:50]!r}")
-    return {
-        "job": query.get("job") or None,
-        "status": status,
-        "trigger": trigger,
-        "parent_run_id": _opt_int(query.get("parent"), "parent"),
-        "root_run_id": _opt_int(query.get("root"), "root"),
-        "created_after": _opt_time(query.get("since"), "since"),
-        "created_before": _opt_time(query.get("until"), "until"),
-    }
-
-
-def _opt_int(text: str | None, name: str) -> int | None:
-    return None if not text else _int(text, name, 0, 0, 2**63 - 1)
-
-
-def _int(text: str | None, name: str, default: int, low: int, high: int) -> int:
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, "BadRequest", f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError(400, "BadRequest", f"{name} must be between {low} and {high}")
-    return value
-
-
-def _opt_time(text: str | None, name: str) -> datetime | None:
-    if not text:
-        return None
-    # an unencoded "+01:00" arrives as " 01:00": take it as meant
-    text = _SPACED_OFFSET.sub(r"\1+\2", text)
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, "BadRequest", f"{name} must be an ISO 8601 time") from None
-    if value.tzinfo is None:
-        raise ApiError(400, "BadRequest", f"{name} needs a time zone (e.g. ...Z or +00:00)")
-    return value
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise ApiError(415, "UnsupportedMediaType", "send the body as application/json")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, "PayloadTooLarge", f"bodies are limited to {MAX_BODY_BYTES} bytes")
-    if not body:
-        return {}
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "BadRequest", "the body must be a JSON object")
-    return value
-
-
-def _enabled(body: dict[str, Any]) -> bool:
-    enabled = body.get("enabled")
-    if not isinstance(enabled, bool):
-        raise ApiError(400, "BadRequest", 'send {"enabled": true} or {"enabled": false}')
-    return enabled
-
-
-EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
-    ApiError: handle_error,
-    AsyncJobsError: handle_error,
-}

@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 
 from asyncjobs.app import App
+from asyncjobs.backends.base import JobState, QueueState
 from asyncjobs.errors import UnknownJob
 from asyncjobs.feed import TraceUpdate
+from asyncjobs.jobs import Job
 from asyncjobs.runs import RunEvent, RunRecord
 
 REDACTED = "[redacted]"
@@ -140,6 +142,60 @@ def update_json(update: TraceUpdate, redactor: Redactor, *, detail: bool = True)
             "truncated": update.truncated,
         }
     )
+
+
+def jobs_json(
+    app: App, redactor: Redactor, title: str, queues: list[QueueState], jobs: list[JobState]
+) -> dict[str, Any]:
+    """The app's jobs (with their argument schema) and queues, with their stored switches;
+    ``enabled`` is ``None`` until a worker stored the job or queue. Jobs stored by other
+    apps are listed as not ``known`` (they cannot be triggered from here)."""
+    stored_jobs = {j.name: j for j in jobs}
+    stored_queues = {q.name: q for q in queues}
+    listed = [
+        _job_json(job, redactor, stored_jobs.pop(job.name, None)) for job in app.jobs.values()
+    ]
+    listed += [
+        {
+            "name": j.name,
+            "queue": j.queue,
+            "aliases": [],
+            "max_concurrency": j.max_concurrency,
+            "known": False,
+            "enabled": j.enabled,
+            "redact": [],
+            "args_schema": None,
+            "doc": None,
+        }
+        for j in stored_jobs.values()
+    ]
+    queue_rows = []
+    for name in sorted(set(app.queues) | set(stored_queues)):
+        stored = stored_queues.get(name)
+        limit = stored.max_concurrency if stored else app.queues[name].max_concurrency
+        queue_rows.append(
+            {"name": name, "max_concurrency": limit, "enabled": stored.enabled if stored else None}
+        )
+    return {
+        "app": app.name,
+        "title": title,
+        "jobs": sorted(listed, key=lambda j: str(j["name"])),
+        "queues": queue_rows,
+    }
+
+
+def _job_json(job: Job[Any, Any], redactor: Redactor, stored: JobState | None) -> dict[str, Any]:
+    return {
+        "name": job.name,
+        "queue": job.queue,
+        "aliases": list(job.aliases),
+        "max_concurrency": job.max_concurrency,
+        "known": True,
+        "enabled": None if stored is None else stored.enabled,
+        "redact": list(job.redact),
+        "args_schema": redactor.schema(job.name, job.args.json_schema()),
+        "doc": (job.fn.__doc__ or "").strip() or None,
+    }
 
 
 def dumps(value: Any) -> bytes:
