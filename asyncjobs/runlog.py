@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncjobs.context import _clip
+from asyncjobs.errors import ConfigurationError
 
 #: Events per second one run may write, sustained (``Worker(event_rate=...)``).
 DEFAULT_EVENT_RATE = 20.0
@@ -188,7 +189,7 @@ class RunReporting:
 
     def __init__(self, sink: Sink, *, rate: float, burst: int) -> None:
         if not rate > 0 or burst < 1:
-            raise ValueError("event_rate must be positive and event_burst at least 1")
+            raise ConfigurationError("event_rate must be positive and event_burst at least 1")
         self._sink = sink
         self.rate = rate
         self.burst = burst

@@ -421,3 +421,12 @@ async def test_a_run_stored_under_an_old_name_runs_with_the_renamed_job(dsn: str
         assert await fresh.result(WAIT) == "new code ran deliver_email for c@d.e"
         summary = await client.job_summary(deliver_email)
         assert summary.counts[RunStatus.SUCCEEDED] == 2  # runs of both names count
+
+
+def test_event_rate_settings_are_checked() -> None:
+    from asyncjobs import ConfigurationError
+
+    app = App("t")
+    for bad in ({"event_rate": 0}, {"event_burst": 0}):
+        with pytest.raises(ConfigurationError, match="event_rate must be positive"):
+            app.worker("postgresql://127.0.0.1/unused", **bad)
