@@ -279,9 +279,11 @@ progressed AS (
     UPDATE asyncjobs.runs r
        SET progress = (p.data ->> 'progress')::real,
            status_message = coalesce(p.data ->> 'message', r.status_message)
-      FROM (SELECT DISTINCT ON (run_id) run_id, data FROM owned WHERE kind = 'progress'
-             ORDER BY run_id, ord DESC) p
-     WHERE r.id = p.run_id
+      FROM (SELECT DISTINCT ON (run_id) run_id, attempt, data FROM owned
+             WHERE kind = 'progress' ORDER BY run_id, ord DESC) p
+     -- re-checked after the row lock: a completion that won the race keeps its progress
+     WHERE r.id = p.run_id AND r.attempt = p.attempt AND r.worker_id = $1
+       AND r.status = 'running'
 ),
 inserted AS (
     INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
