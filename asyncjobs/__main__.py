@@ -352,7 +352,9 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asyncjobs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="asyncjobs", description="asyncjobs: an asyncio job framework on PostgreSQL"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
