@@ -386,15 +386,13 @@ async def explain_claim(dsn: str, capacity: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             claimed = await conn.fetch(claim_sql, worker_id, *args)
             out["claim_ms_with_explain"] = round((time.perf_counter() - t0) * 1000, 2)
-            claim_plans = list(notices)
-            notices.clear()
             ids = [r["id"] for r in claimed]
             await conn.fetch(
                 QUERIES["complete_runs"].text, worker_id, ids, [r["attempt"] for r in claimed],
                 ["succeeded"] * len(ids), ["null"] * len(ids), [None] * len(ids),
                 [None] * len(ids), [False] * len(ids),
             )
-            complete_plans = list(notices)
+            await asyncio.sleep(0.1)  # asyncpg hands notices to the listener via the loop
             raise _Rollback
     except _Rollback:
         pass
@@ -403,7 +401,10 @@ async def explain_claim(dsn: str, capacity: int) -> dict[str, Any]:
         return out
     finally:
         await conn.close()
-    candidate = next((p for p in claim_plans if "candidates" in p), "\n".join(claim_plans))
+    # one notice per statement: the claim's inner query, the top-level claim call, asyncpg's
+    # type introspection for the completion's parameters, and the completion itself
+    candidate = _notice(notices, "candidates AS MATERIALIZED")
+    completion = _notice(notices, "retry_in")
     scans = re.findall(r"((?:Parallel )?(?:Seq Scan|Index Only Scan|Index Scan|Bitmap Heap Scan|"
                        r"Bitmap Index Scan)(?: Backward)?(?: using \w+)? on (?:asyncjobs\.)?\w+)",
                        _cte_block(candidate, "candidates"))
@@ -412,11 +413,15 @@ async def explain_claim(dsn: str, capacity: int) -> dict[str, Any]:
         "claim_scans": sorted(set(scans)),
         "claim_seq_scan_on_runs": any("Seq Scan on runs" in s for s in scans),
         "claim_exec_ms": _exec_ms(candidate),
-        "complete_exec_ms": _exec_ms("\n".join(complete_plans)),
+        "complete_exec_ms": _exec_ms(completion),
         "claim_plan": candidate,
-        "complete_plan": "\n".join(complete_plans),
+        "complete_plan": completion,
     })
     return out
+
+
+def _notice(notices: list[str], marker: str) -> str:
+    return next((n for n in notices if marker in n and "typeinfo_tree" not in n), "")
 
 
 def _cte_block(plan: str, name: str) -> str:
@@ -523,6 +528,21 @@ def rss_kb() -> tuple[int, int]:
     return found["VmRSS"], found["VmHWM"]
 
 
+class _Counter:
+    """Counts job starts without keeping them (a list of 100k starts would itself grow the
+    RSS being measured by ~10 MiB)."""
+
+    def __init__(self, target: int) -> None:
+        self.count = 0
+        self.target = target
+        self.reached = asyncio.Event()
+
+    def on_job(self, _i: int) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.reached.set()
+
+
 async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
     dsn = await fresh(DB)
     child = await asyncio.create_subprocess_exec(
@@ -530,10 +550,11 @@ async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE)
     out, _ = await child.communicate()
     loaded = json.loads(out.decode().strip().splitlines()[-1])
+    # no ANALYZE here, unlike growth: the plan is whatever the statistics of the moment give
+    plan_start = await explain_claim(dsn, capacity=concurrency)
     obs = await asyncpg.connect(dsn)
-    log = _common.JobLog()
-    log.expect(runs)
-    hooks.on_start = log.on_job
+    counter = _Counter(runs)
+    hooks.on_start = counter.on_job
     gc.collect()
     objects0 = len(gc.get_objects())
     samples: list[tuple[float, int, int]] = []  # (s since start, runs started, RSS KiB)
@@ -541,14 +562,14 @@ async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
 
     async def sample() -> None:
         while True:
-            samples.append((round(time.perf_counter() - t0, 1), len(log.starts), rss_kb()[0]))
+            samples.append((round(time.perf_counter() - t0, 1), counter.count, rss_kb()[0]))
             await asyncio.sleep(1.0)
 
     sampler = asyncio.create_task(sample())
     meter = _common.CpuMeter().start()
     worker = await start_worker(dsn, concurrency)
     try:
-        await asyncio.wait_for(log.reached.wait(), 1800)
+        await asyncio.wait_for(counter.reached.wait(), 1800)
 
         async def done() -> bool:
             return await count_succeeded(obs) >= runs
@@ -556,13 +577,15 @@ async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
         done_ok = await _common.wait_until(done, timeout=120, interval=0.05)
         dt = time.perf_counter() - t0
         cpu = meter.stop()
-        samples.append((round(time.perf_counter() - t0, 1), len(log.starts), rss_kb()[0]))
+        samples.append((round(time.perf_counter() - t0, 1), counter.count, rss_kb()[0]))
     finally:
         await stop_worker(worker)
         sampler.cancel()
         hooks.on_start = _ignore
+    analyzed = await obs.fetchval(
+        "SELECT last_autoanalyze IS NOT NULL FROM pg_stat_user_tables"
+        " WHERE schemaname = 'asyncjobs' AND relname = 'runs'")
     await obs.close()
-    log.starts.clear()
     gc.collect()
     objects1 = len(gc.get_objects())
     rss = [s[2] for s in samples]
@@ -579,7 +602,11 @@ async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
                     "at_half": round(half[0][2] / 1024, 1) if half else None},
         "rss_mib_per_10k_runs_second_half": slope,
         "gc_objects": {"before": objects0, "after": objects1},
-        "samples": samples, "verified": bool(done_ok), "cpu": cpu,
+        "executed": counter.count,
+        "claim_scans_at_start": [
+            x for x in plan_start.get("claim_scans", []) if x.endswith(" runs")],
+        "autoanalyzed_during_soak": analyzed,
+        "samples": samples, "verified": bool(done_ok and counter.count == runs), "cpu": cpu,
     }
 
 
@@ -615,6 +642,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _brief(value: Any) -> Any:
+    """A phase result without its bulky parts (plans, RSS samples), for --verbose."""
+    if isinstance(value, dict):
+        return {k: _brief(v) for k, v in value.items()
+                if k not in ("samples", "claim_plan", "complete_plan")}
+    return value
+
+
 async def run_phases(args: argparse.Namespace) -> dict[str, Any]:
     phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     unknown = set(phases) - set(ALL_PHASES)
@@ -625,8 +660,7 @@ async def run_phases(args: argparse.Namespace) -> dict[str, Any]:
     def note(name: str, r: dict[str, Any]) -> None:
         res[name] = r
         if args.verbose:
-            brief = {k: v for k, v in r.items() if k != "samples"}
-            print(f"[asyncjobs-extra] {name}: {json.dumps(brief)[:4000]}", file=sys.stderr,
+            print(f"[asyncjobs-extra] {name}: {json.dumps(_brief(r))}", file=sys.stderr,
                   flush=True)
 
     if "run_async" in phases:

@@ -331,7 +331,11 @@ SELECT * FROM asyncjobs.runs
 
 -- name: get_events :many
 -- Events of one run after event id $2.
-SELECT * FROM asyncjobs.run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+-- (through the root's index: a per-run index would cost every event write an index entry)
+SELECT e.* FROM asyncjobs.run_events e
+ WHERE e.root_run_id = (SELECT root_run_id FROM asyncjobs.runs WHERE id = $1)
+   AND e.run_id = $1 AND e.id > $2
+ ORDER BY e.id LIMIT $3;
 
 -- name: set_job_enabled :one
 UPDATE asyncjobs.jobs SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING name;

@@ -101,7 +101,6 @@ CREATE TABLE asyncjobs.run_events (
     data        jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX run_events_root_idx ON asyncjobs.run_events (root_run_id, id);
-CREATE INDEX run_events_run_idx ON asyncjobs.run_events (run_id, id);
 
 CREATE TABLE asyncjobs.workers (
     id           text PRIMARY KEY,
