@@ -101,11 +101,9 @@ class Client:
         self.backend = backend
         self._waiter = ResultWaiter(backend, poll_interval)
         self._token: contextvars.Token[Client | None] | None = None
-        self._owns_backend = True
 
     async def __aenter__(self) -> Client:
-        if self._owns_backend:
-            await self.backend.open()
+        await self.backend.open()  # reference counted: a worker's client shares its backend
         await self._waiter.start()
         self._token = _current_client.set(self)
         return self
@@ -122,8 +120,7 @@ class Client:
                 _current_client.reset(self._token)
             self._token = None
         await self._waiter.stop()
-        if self._owns_backend:
-            await self.backend.close()
+        await self.backend.close()
 
     # ------------------------------------------------------------------ triggering
 

@@ -26,19 +26,26 @@ class ResultWaiter:
         self._check_all = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listening = False
 
     async def start(self) -> None:
-        self._backend.add_listener(self._on_notification)
         self._task = asyncio.create_task(self._check_loop(), name="asyncjobs-result-waiter")
 
     async def stop(self) -> None:
-        self._backend.remove_listener(self._on_notification)
+        if self._listening:
+            self._backend.remove_listener(self._on_notification)
+            self._listening = False
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     async def wait(self, run_id: int) -> RunRecord:
+        if not self._listening:
+            # LISTEN only once somebody waits: a client that only triggers runs then keeps
+            # no listening session, which the server would otherwise wake on every NOTIFY
+            self._backend.add_listener(self._on_notification)
+            self._listening = True
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._futures.setdefault(run_id, set()).add(future)
         self._due.add(run_id)  # it may have finished already

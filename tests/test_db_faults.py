@@ -160,9 +160,10 @@ async def test_wakeups_resume_after_the_listen_connection_is_killed(
                 first = await _listener_pids(conn)
                 return len(first) == 2  # the worker's and the client's
 
-            await eventually(both_listening)
+            # the client starts listening with its first wait (its first connect catches up)
             with anyio.fail_after(5):
                 assert await client.run_async(step, n=1, ms=1) == 1
+            await eventually(both_listening)
 
             killed = await conn.fetchval(
                 "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

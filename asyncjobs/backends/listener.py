@@ -1,7 +1,7 @@
 """One dedicated LISTEN connection per process, fanned out to in-process callbacks.
 
 The connection reconnects with capped exponential backoff when it is lost (server restart,
-``pg_terminate_backend``); after each reconnect every callback gets a ``reconnected``
+``pg_terminate_backend``); after each (re)connect every callback gets a ``reconnected``
 notification so it can catch up by polling whatever it may have missed. An outage is logged
 once when it starts and once when it ends, not on every attempt.
 """
@@ -104,7 +104,9 @@ class PostgresListener:
                 self.connected.set()
                 if not first:
                     self.reconnects += 1
-                    self._dispatch(Notification(reconnected=True, events=True))
+                # on the first connect too: a caller that subscribed while we were connecting
+                # may have missed something, and catches up by checking once
+                self._dispatch(Notification(reconnected=True, events=True))
                 first = False
                 await lost.wait()
             finally:
