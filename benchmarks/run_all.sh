@@ -65,8 +65,21 @@ if [ ! -f "$WORK/graphile/.npm-done" ]; then
   touch "$WORK/graphile/.npm-done"
 fi
 
-# ---------------------------------------------------------------- what ran, on what
+# ---------------------------------------------------------------- freeze the code measured
+# Other engineers edit asyncjobs/ while a session runs (~25 min): measure one snapshot of the
+# package, taken now, for every run of the session (PYTHONPATH comes before the editable
+# install's path; the scripts run from $OUT, so the checkout is not on sys.path via the cwd).
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SNAP=$WORK/snapshot/$(basename "$OUT")
+rm -rf "$SNAP" && mkdir -p "$SNAP"
+cp -r "$REPO/asyncjobs" "$SNAP/asyncjobs"
+find "$SNAP" -name __pycache__ -prune -exec rm -rf {} +
+export PYTHONPATH=$SNAP${PYTHONPATH:+:$PYTHONPATH}
+cd "$OUT"
+"$VENV/bin/python" -c "import asyncjobs, sys; assert asyncjobs.__file__.startswith('$SNAP'), asyncjobs.__file__"
+
+# ---------------------------------------------------------------- what ran, on what
 "$PY" -m pip freeze > "$OUT/pip-freeze.txt"
 {
   echo "node $("$NODE" --version)"
@@ -76,8 +89,11 @@ psql -h "${BENCH_PGHOST:-127.0.0.1}" -U "${BENCH_PGUSER:-root}" -d postgres -Atc
   > "$OUT/postgres-version.txt" 2>/dev/null || true
 {
   echo "commit $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
-  echo "uncommitted changes in the working tree:"
-  git -C "$REPO" status --short 2>/dev/null || true
+  echo "measured: a copy of asyncjobs/ taken at the start, $SNAP"
+  echo "sha256 of its files: $(cd "$SNAP" && find asyncjobs -type f -name '*.*' | sort \
+    | xargs sha256sum | sha256sum | cut -c1-16)"
+  echo "uncommitted changes in asyncjobs/ at the start (git diff HEAD --stat):"
+  git -C "$REPO" diff HEAD --stat -- asyncjobs 2>/dev/null || true
   echo "load average at start: $(cat /proc/loadavg)"
 } > "$OUT/asyncjobs-tree.txt"
 
