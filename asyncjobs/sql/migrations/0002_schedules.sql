@@ -49,6 +49,7 @@ CREATE OR REPLACE FUNCTION asyncjobs.claim_runs(
 DECLARE
     limited_queues text[];
     limited_jobs   text[];
+    runnable_jobs  text[];
 BEGIN
     SELECT coalesce(array_agg(name), '{}') INTO limited_queues
       FROM asyncjobs.queues WHERE name = ANY (p_queues) AND max_concurrency IS NOT NULL;
@@ -60,6 +61,20 @@ BEGIN
              UNION
              SELECT asyncjobs.limit_lock_key('job', j) FROM unnest(limited_jobs) j
              ORDER BY key) AS keys;
+
+    -- Jobs that may start now (not disabled, not at their limit), worked out before the
+    -- scan: a `job <> ALL (...)` filter inside it made the planner expect one matching row
+    -- and read the whole backlog instead of walking runs_pending_idx to the LIMIT.
+    SELECT coalesce(array_agg(name), '{}') INTO runnable_jobs FROM (
+        SELECT unnest(p_jobs) AS name
+        EXCEPT
+        SELECT name FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled
+        EXCEPT
+        SELECT j.name FROM asyncjobs.jobs j
+         WHERE j.name = ANY (limited_jobs)
+           AND j.max_concurrency <= (SELECT count(*) FROM asyncjobs.runs r
+                                      WHERE r.status = 'running' AND r.job = j.name)
+    ) runnable;
 
     RETURN QUERY
     WITH
@@ -83,26 +98,17 @@ BEGIN
                     WHERE r.status = 'running' AND r.job = j.name))::integer AS room
           FROM asyncjobs.jobs j WHERE j.name = ANY (limited_jobs)
     ),
-    -- jobs that cannot start now: disabled, or at their limit
-    blocked AS (
-        SELECT coalesce(array_agg(name), '{}') AS jobs FROM (
-            SELECT job AS name FROM job_room WHERE room = 0
-            UNION SELECT name FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled
-        ) b
-    ),
     -- MATERIALIZED: an optimization fence, so the planner cannot re-run the LIMITed,
     -- row-locking scan and lock or update more rows than LIMIT (Oban's reason, too)
     candidates AS MATERIALIZED (
         SELECT c.id, c.job, c.priority
           FROM queue_room qr
-         CROSS JOIN blocked
          CROSS JOIN LATERAL (
                SELECT r.id, r.job, r.priority
                  FROM asyncjobs.runs r
                 WHERE r.status = 'pending'
                   AND r.queue = qr.queue
-                  AND r.job = ANY (p_jobs)
-                  AND r.job <> ALL (blocked.jobs)
+                  AND r.job = ANY (runnable_jobs)
                   -- an all_nodes schedule's copy is for one worker only
                   AND (r.target_worker IS NULL OR r.target_worker = p_worker)
                   AND r.not_before <= now()
