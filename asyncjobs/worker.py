@@ -372,8 +372,11 @@ class Worker:
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until a wake-up (NOTIFY, freed slot, stop) or the timeout."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the event is set (see waiters.py)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()
 
     def _on_notification(self, notification: Notification) -> None:

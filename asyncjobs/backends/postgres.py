@@ -144,6 +144,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def _raise_first_duplicate(runs: Sequence[NewRun], results: Sequence[Enqueued]) -> None:
+    for run, result in zip(runs, results, strict=True):
+        if not result.created and run.dedup_id is not None:
+            raise DuplicateRun(run.job, run.dedup_id, result.run_id)
+
+
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     """Returned to the pool: asyncpg's default reset runs four statements (advisory unlock,
     CLOSE ALL, UNLISTEN, RESET ALL) on every release, three commits per query. We keep no
@@ -319,31 +325,18 @@ class PostgresBackend:
     ) -> list[Enqueued]:
         if not runs:
             return []
-        if not reject_duplicates or not any(r.dedup_id for r in runs):
-            return await self._match_enqueued(runs, await self._insert(self.pool, runs))
-        # All or nothing: insert in a transaction and roll it back on any duplicate.
+        # One statement is atomic on its own; only a batch that may be partly written before a
+        # duplicate is found needs a transaction to roll back.
+        if not (reject_duplicates and len(runs) > 1 and any(r.dedup_id for r in runs)):
+            results = await self._enqueue_on(self.pool, runs)
+            if reject_duplicates:
+                _raise_first_duplicate(runs, results)
+            return results
         with translate_errors():
             async with self.pool.acquire() as conn, conn.transaction():
-                rows = await self._insert(conn, runs)
-                if len(rows) < len(runs):
-                    holder = await self._first_duplicate(conn, runs, rows)
-                    if holder is not None:
-                        raise holder
-                return await self._match_enqueued(runs, rows)
-
-    async def _first_duplicate(
-        self, conn: _Connection, runs: Sequence[NewRun], rows: list[asyncpg.Record]
-    ) -> DuplicateRun | None:
-        inserted = {(row["job"], row["dedup_id"]) for row in rows}
-        skipped = [r for r in runs if r.dedup_id and (r.job, r.dedup_id) not in inserted]
-        found = await conn.fetch(
-            Q["active_run_ids_by_dedup"].text,
-            [r.job for r in skipped],
-            [r.dedup_id for r in skipped],
-        )
-        for row in found:
-            return DuplicateRun(row["job"], row["dedup_id"], row["id"])
-        return None
+                results = await self._enqueue_on(conn, runs)
+                _raise_first_duplicate(runs, results)  # rolls the whole batch back
+                return results
 
     @staticmethod
     async def _insert(
@@ -365,10 +358,12 @@ class PostgresBackend:
                 [r.trigger.value for r in runs],
             )
 
-    async def _match_enqueued(
-        self, runs: Sequence[NewRun], rows: list[asyncpg.Record]
+    async def _enqueue_on(
+        self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[Enqueued]:
-        """Pair inputs with new ids (in order); skipped ones get their dedup holder's id."""
+        """Insert, then pair inputs with new ids (in order); a skipped run gets the id of the
+        active run holding its dedup id."""
+        rows = await self._insert(conn, runs)
         if len(rows) == len(runs):
             return [Enqueued(row["id"], True) for row in rows]
         created = {(row["job"], row["dedup_id"]): row["id"] for row in rows if row["dedup_id"]}
@@ -378,9 +373,12 @@ class PostgresBackend:
         ]
         holders: dict[tuple[str, str], int] = {}
         if missing:
-            found = await self._fetch(
-                "active_run_ids_by_dedup", [m[0] for m in missing], [m[1] for m in missing]
-            )
+            with translate_errors():
+                found = await conn.fetch(
+                    Q["active_run_ids_by_dedup"].text,
+                    [m[0] for m in missing],
+                    [m[1] for m in missing],
+                )
             holders = {(row["job"], row["dedup_id"]): row["id"] for row in found}
         results = []
         for run in runs:
@@ -392,8 +390,7 @@ class PostgresBackend:
                 results.append(Enqueued(holders[key], False))
             else:
                 # The holder finished between our insert and the lookup: the id is free now.
-                (retried,) = await self.enqueue([run])
-                results.append(retried)
+                results.extend(await self._enqueue_on(conn, [run]))
         return results
 
     async def claim(
