@@ -34,6 +34,9 @@ from asyncjobs.feed import TraceUpdate as TraceUpdate
 from asyncjobs.feed import UpdateKind as UpdateKind
 from asyncjobs.jobs import Job as Job
 from asyncjobs.jobs import RunOptions as RunOptions
+from asyncjobs.remote import JobRef as JobRef
+from asyncjobs.results import RunErrorInfo as RunErrorInfo
+from asyncjobs.results import RunResult as RunResult
 from asyncjobs.retry import RetryPolicy as RetryPolicy
 from asyncjobs.runs import EventCursor as EventCursor
 from asyncjobs.runs import RunEvent as RunEvent
@@ -44,6 +47,8 @@ from asyncjobs.runs import Trigger as Trigger
 from asyncjobs.schedules import ScheduleState as ScheduleState
 from asyncjobs.summary import JobSummary as JobSummary
 from asyncjobs.summary import LastSuccess as LastSuccess
+from asyncjobs.sync import SyncClient as SyncClient
+from asyncjobs.sync import SyncRun as SyncRun
 from asyncjobs.worker import Worker as Worker
 from asyncjobs.worker import WorkerStats as WorkerStats
 
@@ -61,6 +66,7 @@ __all__ = (
     "Explanation",
     "InvalidArguments",
     "Job",
+    "JobRef",
     "JobSummary",
     "JobTimeout",
     "LastSuccess",
@@ -71,6 +77,7 @@ __all__ = (
     "Run",
     "RunCancelled",
     "RunError",
+    "RunErrorInfo",
     "RunEvent",
     "RunExpired",
     "RunFailed",
@@ -78,11 +85,14 @@ __all__ = (
     "RunOptions",
     "RunPage",
     "RunRecord",
+    "RunResult",
     "RunStatus",
     "RunTimeout",
     "ScheduleState",
     "SchemaMismatch",
     "SlotHolder",
+    "SyncClient",
+    "SyncRun",
     "TraceUpdate",
     "Trigger",
     "UnknownJob",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from asyncjobs import cli_ops
 from asyncjobs.app import App
 from asyncjobs.errors import AsyncJobsError, ConfigurationError
 from asyncjobs.trace import build_tree, render_tree
@@ -108,12 +109,19 @@ def _add_migrate(parser: argparse.ArgumentParser) -> None:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
+    from asyncjobs import sql
     from asyncjobs.backends.postgres import PostgresBackend
 
     backend = PostgresBackend(_dsn(args), migrate=True)
     await backend.open()
     await backend.close()
-    print("asyncjobs schema is up to date")
+    found, version = backend.migrated_from, sql.SCHEMA_VERSION
+    if not found:
+        print(f"installed the asyncjobs schema (version {version})")
+    elif found < version:
+        print(f"upgraded the asyncjobs schema from version {found} to {version}")
+    else:
+        print(f"the asyncjobs schema is up to date (version {version})")
     return 0
 
 
@@ -122,10 +130,12 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _add_runs(parser: argparse.ArgumentParser) -> None:
     _add_dsn(parser)
-    parser.add_argument("--job")
-    parser.add_argument("--status")
-    parser.add_argument("--trigger")
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--job", help="only runs of this job")
+    parser.add_argument("--status", help="only runs in this status: pending, running, "
+                                         "succeeded, failed, cancelled or expired")
+    parser.add_argument("--trigger", help="only runs triggered so: user, api, schedule, retry, "
+                                          "restart or child")
+    parser.add_argument("--limit", type=int, default=20, help="newest N runs (default 20)")
     parser.add_argument("--tree", type=int, metavar="RUN_ID", help="print the trace tree of a run")
 
 
@@ -138,10 +148,13 @@ async def cmd_runs(args: argparse.Namespace) -> int:
             return 0
         page = await client.get_runs(job=args.job, status=args.status, trigger=args.trigger,
                                      limit=args.limit)
-        print(f"{'id':>8}  {'job':<24} {'status':<10} {'trigger':<9} {'attempt':>7}  created")
+        print(f"{'id':>8}  {'job':<24} {'status':<10} {'trigger':<9} {'attempt':>7} "
+              f"{'duration':>10}  created")
         for run in page.runs:
+            took = "-" if run.duration is None else f"{run.duration:.3f}s"
             print(f"{run.id:>8}  {run.job:<24.24} {run.status.value:<10} "
-                  f"{run.trigger.value:<9} {run.attempt:>7}  {run.created_at:%Y-%m-%d %H:%M:%S}")
+                  f"{run.trigger.value:<9} {run.attempt:>7} {took:>10}  "
+                  f"{run.created_at:%Y-%m-%d %H:%M:%S}")
     return 0
 
 
@@ -348,18 +361,40 @@ COMMANDS: dict[str, Command] = {
     "disable": (_add_switch, cmd_disable, "disable a job, queue or schedule"),
     "schedules": (_add_schedules, cmd_schedules, "list the stored schedules"),
     "explain": (_add_explain, cmd_explain, "say why a run is pending (or where it is)"),
+    "trigger": (lambda p: cli_ops.add_trigger(p, _add_dsn),
+                lambda a: cli_ops.cmd_trigger(a, _dsn(a)),
+                "trigger a job by name with JSON arguments (no app code needed)"),
+    "show": (lambda p: cli_ops.add_show(p, _add_dsn), lambda a: cli_ops.cmd_show(a, _dsn(a)),
+             "show one run: arguments, result, error, events and its trace tree"),
+    "cancel": (lambda p: cli_ops.add_cancel(p, _add_dsn),
+               lambda a: cli_ops.cmd_cancel(a, _dsn(a)), "cancel a run (and its subtree)"),
+    "retry": (lambda p: cli_ops.add_retry(p, _add_dsn), lambda a: cli_ops.cmd_retry(a, _dsn(a)),
+              "run a finished run's job again with the same arguments"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="asyncjobs", description="asyncjobs: an asyncio job framework on PostgreSQL"
+        prog="asyncjobs",
+        description="asyncjobs: an asyncio job framework on PostgreSQL",
+        epilog="exit codes:" + cli_ops.__doc__.split("Exit codes", 1)[1].split("::", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"asyncjobs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asyncjobs")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

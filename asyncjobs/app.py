@@ -21,6 +21,7 @@ from asyncjobs.hooks import (
     WorkerHook,
 )
 from asyncjobs.jobs import DEFAULT_QUEUE, Job
+from asyncjobs.remote import stored_schema
 from asyncjobs.retry import RetryOn, RetryPolicy
 from asyncjobs.schedules import (
     DEFAULT_MISFIRE,
@@ -39,6 +40,9 @@ R = TypeVar("R")
 
 JobFunction = Callable[P, Awaitable[R]]
 ContextJobFunction = Callable[Concatenate[Context, P], Awaitable[R]]
+#: plain ``def`` jobs run in a worker thread (see ``asyncjobs.threads``)
+SyncJobFunction = Callable[P, R]
+SyncContextJobFunction = Callable[Concatenate[Context, P], R]
 
 
 class App:
@@ -84,6 +88,12 @@ class App:
     def job(self, fn: JobFunction[P, R], /) -> Job[P, R]: ...
 
     @overload
+    def job(self, fn: SyncContextJobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(self, fn: SyncJobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
     def job(
         self,
         *,
@@ -109,7 +119,7 @@ class App:
 
     def job(
         self,
-        fn: Callable[..., Awaitable[Any]] | None = None,
+        fn: Callable[..., Any] | None = None,
         *,
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
@@ -130,16 +140,17 @@ class App:
         misfire: MisfirePolicy = DEFAULT_MISFIRE,
         all_nodes: bool = False,
     ) -> Job[Any, Any] | _JobDecorator:
-        """Register an async function as a job, bare (``@app.job``) or with options.
+        """Register a function as a job, bare (``@app.job``) or with options. A plain
+        ``def`` runs in a worker thread (see ``asyncjobs.threads``); prefer ``async def``.
 
         ``schedule`` (a cron expression) or ``every`` (an interval) also fires it on a
         schedule named after the job; the other schedule options are those of ``schedule()``.
         """
 
-        def register(function: Callable[..., Awaitable[Any]]) -> Job[Any, Any]:
+        def register(function: Callable[..., Any]) -> Job[Any, Any]:
             job: Job[Any, Any] = Job(
                 function,
-                name=name or function.__name__,
+                name=name or getattr(function, "__name__", repr(function)),
                 queue=queue,
                 max_concurrency=max_concurrency,
                 priority=priority,
@@ -275,7 +286,8 @@ class App:
 
     def definitions(self) -> tuple[list[QueueDefinition], list[JobDefinition]]:
         jobs = [
-            JobDefinition(j.name, j.queue, j.max_concurrency, j.args.json_schema())
+            # the schema carries the trigger defaults, for callers without the code
+            JobDefinition(j.name, j.queue, j.max_concurrency, stored_schema(j))
             for j in self.jobs.values()
         ]
         return list(self.queues.values()), jobs
@@ -321,7 +333,7 @@ class App:
 class _JobDecorator:
     """What ``@app.job(...)`` returns: applied to a function, registers it."""
 
-    def __init__(self, register: Callable[[Callable[..., Awaitable[Any]]], Job[Any, Any]]) -> None:
+    def __init__(self, register: Callable[[Callable[..., Any]], Job[Any, Any]]) -> None:
         self._register = register
 
     @overload
@@ -330,5 +342,11 @@ class _JobDecorator:
     @overload
     def __call__(self, fn: JobFunction[P, R], /) -> Job[P, R]: ...
 
-    def __call__(self, fn: Callable[..., Awaitable[Any]], /) -> Job[Any, Any]:
+    @overload
+    def __call__(self, fn: SyncContextJobFunction[P, R], /) -> Job[P, R]: ...
+
+    @overload
+    def __call__(self, fn: SyncJobFunction[P, R], /) -> Job[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> Job[Any, Any]:
         return self._register(fn)

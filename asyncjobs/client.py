@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from asyncjobs.errors import (
 )
 from asyncjobs.explain import DEFAULT_WORKER_TTL, Explanation, explain
 from asyncjobs.feed import DEFAULT_GRACE, NotifySource, TraceUpdate, resolve_root, trace_updates
-from asyncjobs.jobs import Job
+from asyncjobs.jobs import Job, OnDuplicate
+from asyncjobs.remote import JobDirectory, JobRef
+from asyncjobs.results import RunResult, run_result
 from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleState
 from asyncjobs.summary import JobSummary, LastSuccess
@@ -42,6 +45,9 @@ from asyncjobs.waiters import ResultWaiter
 
 if TYPE_CHECKING:
     from asyncjobs.app import App
+
+#: what triggers accept as a job: the job itself, a reference by name, or its name
+JobLike = Job[Any, Any] | JobRef[Any] | str
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,7 +81,8 @@ class Run(Generic[R]):
     """A handle on one run. ``created`` is False when a dedup id returned an existing run."""
 
     id: int
-    job: Job[Any, R]
+    #: the job, or a ``JobRef`` when it was triggered by name without its code
+    job: Job[Any, R] | JobRef[R]
     created: bool
     client: Client
 
@@ -86,6 +93,11 @@ class Run(Generic[R]):
         """Wait for the run to finish and return its typed result (see ``Client.run_async``)."""
         return await self.client.wait_result(self.id, self.job, timeout)
 
+    async def wait(self, timeout: float | None = None) -> RunResult[R]:
+        """Wait for the run to finish and return its outcome, raising nothing for a failed,
+        cancelled or expired run (``RunTimeout`` when ``timeout`` passes first)."""
+        return await self.client.wait_outcome(self.id, self.job, timeout)
+
     async def get(self) -> RunRecord:
         return await self.client.get_run(self.id)
 
@@ -94,12 +106,36 @@ class Run(Generic[R]):
 
 
 class Client:
-    """Talks to the queue. Open it with ``async with app.client(dsn) as client``."""
+    """Talks to the queue. Open it with ``async with app.client(dsn) as client``, or, in a
+    service without the jobs' code, ``async with Client(dsn) as client`` and trigger by name.
 
-    def __init__(self, app: App, backend: Backend, *, poll_interval: float = 1.0) -> None:
-        self.app = app
-        self.backend = backend
-        self._waiter = ResultWaiter(backend, poll_interval)
+    ``Client(dsn)`` (or a ``Backend``) has an empty app of its own; ``Client(app, dsn)`` is
+    ``app.client(dsn)``. ``backend_options`` go to the backend (see ``App.backend``).
+    """
+
+    def __init__(
+        self,
+        app: App | str | Backend,
+        backend: str | Backend | None = None,
+        *,
+        poll_interval: float = 1.0,
+        **backend_options: Any,
+    ) -> None:
+        from asyncjobs.app import App
+
+        if not isinstance(app, App):
+            if backend is not None:
+                raise ConfigurationError("give either Client(dsn) or Client(app, dsn)")
+            backend = app
+            app = App("client")
+        if backend is None:
+            raise ConfigurationError("Client(app, dsn) needs a DSN or a backend")
+        self.app: App = app
+        self.backend = app.backend(backend, **backend_options)
+        self._waiter = ResultWaiter(self.backend, poll_interval)
+        self._directory = JobDirectory(self.backend, app.max_args_bytes)
+        #: threads a worker gives its plain ``def`` jobs (set by the worker that owns it)
+        self.job_threads: int | None = None
         self._token: contextvars.Token[Client | None] | None = None
 
     async def __aenter__(self) -> Client:
@@ -130,28 +166,102 @@ class Client:
     ) -> Run[R]: ...
 
     @overload
+    async def trigger_async(self, job: JobRef[R], /, **kwargs: Any) -> Run[R]: ...
+
+    @overload
     async def trigger_async(self, job: str, /, *args: Any, **kwargs: Any) -> Run[Any]: ...
 
-    async def trigger_async(
-        self, job: Job[Any, Any] | str, /, *args: Any, **kwargs: Any
-    ) -> Run[Any]:
+    async def trigger_async(self, job: JobLike, /, *args: Any, **kwargs: Any) -> Run[Any]:
         """Validate the arguments, enqueue a run and return its handle at once.
 
+        ``job`` may be a name (or a ``JobRef``) the client's app does not define: the
+        arguments, given by keyword, are then validated against the schema workers stored.
         Raises ``UnknownJob``, ``InvalidArguments`` (nothing written) or ``DuplicateRun``.
         """
-        resolved = self.app.get_job(job) if isinstance(job, str) else job
-        arguments = resolved.args.bind(args, kwargs)
-        (run,) = await self._enqueue(resolved, [resolved.args.encode(arguments)], Trigger.USER)
+        handle = self._handle(job)
+        if isinstance(handle, JobRef):
+            if args:
+                raise InvalidArguments(
+                    f"{handle.name}: give the arguments by keyword when triggering by name"
+                )
+            return await self._trigger_ref(handle, kwargs, Trigger.USER)
+        arguments = handle.args.bind(args, kwargs)
+        (run,) = await self._enqueue(handle, [handle.args.encode(arguments)], Trigger.USER)
         return run
 
     async def trigger_json(
-        self, job: str, arguments: Mapping[str, Any], trigger: Trigger = Trigger.API
-    ) -> Run[Any]:
-        """Trigger by name with JSON-shaped arguments (HTTP API, other services)."""
-        resolved = self.app.get_job(job)
+        self,
+        job: str | JobRef[R],
+        arguments: Mapping[str, Any],
+        trigger: Trigger = Trigger.API,
+        *,
+        priority: int | None = None,
+        not_before: datetime | timedelta | None = None,
+        not_after: datetime | timedelta | None = None,
+        dedup_id: str | None = None,
+        queue: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+    ) -> Run[R]:
+        """Trigger by name with JSON-shaped arguments (HTTP API, other services), with the
+        options of ``Job.options``. Works without the job's code (see ``trigger_async``)."""
+        ref = JobRef(job) if isinstance(job, str) else job
+        ref = ref.options(priority=priority, not_before=not_before, not_after=not_after,
+                          dedup_id=dedup_id, queue=queue, on_duplicate=on_duplicate)
+        return await self._trigger_ref(ref, arguments, trigger)
+
+    async def run_json(
+        self,
+        job: str,
+        arguments: Mapping[str, Any],
+        *,
+        result_type: type[R] | Any = Any,
+        wait_timeout: float | None = None,
+        priority: int | None = None,
+        not_before: datetime | timedelta | None = None,
+        not_after: datetime | timedelta | None = None,
+        dedup_id: str | None = None,
+        queue: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+    ) -> R:
+        """Trigger by name and wait: the result as JSON values, or validated into
+        ``result_type`` when given. Raises as ``run_async`` does."""
+        ref: JobRef[R] = JobRef(job, result_type)
+        run = await self.trigger_json(
+            ref, arguments, Trigger.API, priority=priority, not_before=not_before,
+            not_after=not_after, dedup_id=dedup_id, queue=queue, on_duplicate=on_duplicate,
+        )
+        return await run.result(wait_timeout)
+
+    def _handle(self, job: JobLike) -> Job[Any, Any] | JobRef[Any]:
+        """A name the app defines → its ``Job``; any other name → a ``JobRef``."""
+        if not isinstance(job, str):
+            return job
+        try:
+            return self.app.get_job(job)
+        except UnknownJob:
+            return JobRef(job)
+
+    async def _trigger_ref(
+        self, ref: JobRef[R], arguments: Mapping[str, Any], trigger: Trigger
+    ) -> Run[R]:
+        """Validate with the job's code when the app has it, else with the stored schema."""
         if not isinstance(arguments, Mapping):
-            raise InvalidArguments(f"{resolved.name}: arguments must be a JSON object")
-        (run,) = await self._enqueue(resolved, [resolved.args.encode_json(arguments)], trigger)
+            raise InvalidArguments(f"{ref.name}: arguments must be a JSON object")
+        try:
+            known = self.app.get_job(ref.name)
+        except UnknownJob:
+            stored = await self._directory.lookup(ref.name)
+            encoded = self._directory.encode(stored, arguments)
+            target = (stored.name, stored.queue, stored.priority, stored.max_attempts)
+            (run,) = await self._enqueue_as(ref.renamed(stored.name), target, [encoded], trigger)
+            return run
+        encoded = known.args.encode_json(arguments)
+        target = (known.name, known.queue, known.priority, known.retry.max_attempts)
+        # the app has the code: an untyped reference gets the job's own typed results
+        handle: Job[Any, Any] | JobRef[Any] = (
+            ref.renamed(known.name) if ref.typed else known.options(**_fields(ref))
+        )
+        (run,) = await self._enqueue_as(handle, target, [encoded], trigger)
         return run
 
     async def trigger_many(
@@ -165,21 +275,47 @@ class Client:
         encoded = [resolved.args.encode(resolved.args.bind((), a)) for a in arguments]
         return await self._enqueue(resolved, encoded, Trigger.USER)
 
-    async def run_async(self, job: Job[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Trigger a run and wait for its typed result.
+    @overload
+    async def run_async(self, job: Job[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    async def run_async(self, job: JobRef[R], /, **kwargs: Any) -> R: ...
+
+    @overload
+    async def run_async(self, job: str, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def run_async(self, job: JobLike, /, *args: Any, **kwargs: Any) -> Any:
+        """Trigger a run and wait for its typed result (by name without the job's code: its
+        JSON result, or typed with ``JobRef(name, type)``).
 
         Raises ``RunFailed`` (with the remote error type, message and traceback),
         ``RunCancelled``, ``RunExpired``, or ``RunTimeout`` when the job's
         ``options(wait_timeout=...)`` passes first. Inside a job, the worker slot is given
         back while waiting, so a parent never starves its own children.
         """
-        run = await self.trigger_async(job, *args, **kwargs)
-        return await run.result(job.default_options.wait_timeout)
+        handle = self._handle(job)
+        run = await self.trigger_async(handle, *args, **kwargs)
+        return await run.result(handle.default_options.wait_timeout)
 
     async def _enqueue(
         self, job: Job[Any, R], encoded: list[str], trigger: Trigger
     ) -> list[Run[R]]:
-        options = job.resolved_options()
+        target = (job.name, job.queue, job.priority, job.retry.max_attempts)
+        return await self._enqueue_as(job, target, encoded, trigger)
+
+    async def _enqueue_as(
+        self,
+        job: Job[Any, R] | JobRef[R],
+        target: tuple[str, str, int, int],
+        encoded: list[str],
+        trigger: Trigger,
+    ) -> list[Run[R]]:
+        """Insert runs of the job named in ``target`` (name, default queue, default priority,
+        max attempts) with ``job``'s trigger options."""
+        name, default_queue, default_priority, max_attempts = target
+        options = job.default_options
+        queue = options.queue or default_queue
+        priority = default_priority if options.priority is None else options.priority
         parent = current_context.get()
         if parent is not None and trigger is Trigger.USER:
             trigger = Trigger.CHILD
@@ -187,18 +323,17 @@ class Client:
         not_before = _absolute(options.not_before, now)
         not_after = _absolute(options.not_after, now)
         if not_before and not_after and not_after <= not_before:
-            raise InvalidArguments(f"{job.name}: not_after is not later than not_before")
-        assert options.queue is not None and options.priority is not None
+            raise InvalidArguments(f"{name}: not_after is not later than not_before")
         new_runs = [
             NewRun(
-                job=job.name,
-                queue=options.queue,
+                job=name,
+                queue=queue,
                 args_json=args_json,
-                priority=options.priority,
+                priority=priority,
                 not_before=not_before,
                 not_after=not_after,
                 dedup_id=options.dedup_id,
-                max_attempts=job.retry.max_attempts,
+                max_attempts=max_attempts,
                 parent_run_id=parent.run_id if parent else None,
                 root_run_id=parent.root_run_id if parent else None,
                 trigger=trigger,
@@ -206,7 +341,7 @@ class Client:
             for args_json in encoded
         ]
         if options.dedup_id is not None and len(new_runs) > 1:
-            raise InvalidArguments(f"{job.name}: one dedup_id cannot be shared by several runs")
+            raise InvalidArguments(f"{name}: one dedup_id cannot be shared by several runs")
         enqueued = await self.backend.enqueue(
             new_runs, reject_duplicates=options.on_duplicate == "raise"
         )
@@ -214,11 +349,25 @@ class Client:
 
     # ------------------------------------------------------------------ waiting
 
-    async def wait_result(self, run_id: int, job: Job[Any, R], timeout: float | None = None) -> R:
+    async def wait_result(
+        self, run_id: int, job: Job[Any, R] | JobRef[R], timeout: float | None = None
+    ) -> R:
         record = await self.wait(run_id, timeout)
         if record.status is RunStatus.SUCCEEDED:
             return job.result.decode(record.result)  # type: ignore[no-any-return]
         raise _run_error(record)
+
+    async def wait_outcome(
+        self,
+        run_id: int,
+        job: Job[Any, R] | JobRef[R] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult[R]:
+        """Wait until the run is terminal; its ``RunResult`` (value decoded by ``job``'s
+        result type, JSON values without one). Raises only ``RunTimeout``/``RunNotFound``."""
+        record = await self.wait(run_id, timeout)
+        decode = job.result.decode if job is not None else _plain
+        return run_result(record, decode)
 
     async def wait(self, run_id: int, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal and return it (no error for failed runs)."""
@@ -341,6 +490,16 @@ class Client:
             raise RunNotFound(run_id)
         return changed
 
+    async def retry(self, run_id: int) -> Run[Any]:
+        """Trigger a new run of a finished run's job with the same arguments (the operator's
+        "run it again"). The new run is linked to the old one: trigger ``retry``, its parent
+        is the old run, so it shows in the old run's trace tree. Its arguments are checked
+        again by the worker. Raises ``RunNotFound``, or ``InvalidArguments`` for a run that
+        has not finished."""
+        from asyncjobs.remote import retry_run
+
+        return await retry_run(self, await self.get_run(run_id))
+
     async def set_job_enabled(self, name: str, enabled: bool) -> None:
         """Disable (or enable again) a job cluster-wide: disabled jobs are not claimed."""
         if not await self.backend.set_enabled("job", self.app.get_job(name).name, enabled):
@@ -425,6 +584,15 @@ def _enum(kind: type[RunStatus] | type[Trigger], value: Any) -> Any:
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
         raise InvalidArguments(f"{value!r} is not one of: {allowed}") from None
+
+
+def _fields(ref: JobRef[Any]) -> dict[str, Any]:
+    options = ref.default_options
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
+def _plain(value: Any) -> Any:
+    return value
 
 
 def _run_error(record: RunRecord) -> Exception:

@@ -64,11 +64,13 @@ class ConfigurationError(AsyncJobsError):
 class UnknownJob(AsyncJobsError):
     """No job of that name is registered.
 
-    Raised by ``Client.trigger_async`` when triggering by name.
+    Raised by ``Client.trigger_async`` when triggering by name: the client's app does not
+    define it and no worker has stored it in the database (``detail`` says which).
     """
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no job named {name!r} is registered")
+    def __init__(self, name: str, detail: str | None = None) -> None:
+        message = f"no job named {name!r} is registered"
+        super().__init__(f"{message}: {detail}" if detail else message)
         self.name = name
 
 

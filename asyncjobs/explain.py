@@ -126,9 +126,20 @@ class Explanation:
         return self.status is RunStatus.PENDING and ReasonCode.READY not in self.codes
 
     def __str__(self) -> str:
-        lines = [f"run {self.run_id} is {self.status.value}"]
+        lines = [f"run {self.run_id} {_STATE_WORDS[self.status]}"]
         lines += [f"  - {reason}" for reason in self.reasons]
         return "\n".join(lines)
+
+
+#: "run 7 <words>": statuses read as English ("is succeeded" does not)
+_STATE_WORDS = {
+    RunStatus.PENDING: "is pending",
+    RunStatus.RUNNING: "is running",
+    RunStatus.SUCCEEDED: "succeeded",
+    RunStatus.FAILED: "failed",
+    RunStatus.CANCELLED: "was cancelled",
+    RunStatus.EXPIRED: "expired before it started",
+}
 
 
 def explain(facts: RunFacts) -> Explanation:

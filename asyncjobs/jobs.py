@@ -1,4 +1,5 @@
-"""Job: a decorated async function, its argument schema and its trigger options."""
+"""Job: a decorated function (async, or plain to run in a thread), its argument schema and
+its trigger options."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
 from asyncjobs.context import Context
 from asyncjobs.errors import ConfigurationError
 from asyncjobs.retry import RetryPolicy
+from asyncjobs.threads import in_thread
 
 if TYPE_CHECKING:
     from asyncjobs.client import Run
@@ -63,7 +65,7 @@ class Job(Generic[P, R]):
 
     def __init__(
         self,
-        fn: Callable[..., Awaitable[R]],
+        fn: Callable[..., Awaitable[R]] | Callable[..., R],
         *,
         name: str,
         queue: str,
@@ -76,15 +78,23 @@ class Job(Generic[P, R]):
         options: RunOptions | None = None,
         redact: Sequence[str] = (),
     ) -> None:
-        if not inspect.iscoroutinefunction(fn):
-            raise ConfigurationError(f"job {name!r} must be an async function")
+        if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise ConfigurationError(
+                f"job {name!r} must be a function (async def, or def to run in a thread)"
+            )
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"job {name!r}: max_concurrency must be at least 1")
         if timeout is not None and not timeout > 0:
             raise ConfigurationError(f"job {name!r}: timeout must be positive")
         if priority not in PRIORITY_RANGE:
             raise ConfigurationError(f"job {name!r}: priority must be in [-32768, 32767]")
-        self.fn = fn
+        #: the function as written; ``fn`` is what the worker awaits (a ``def`` job wrapped
+        #: to run in a thread, see ``asyncjobs.threads``)
+        self.function = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.fn: Callable[..., Awaitable[R]] = (
+            fn if self.is_async else in_thread(fn)  # type: ignore[assignment,arg-type]
+        )
         self.name = name
         self.queue = queue
         self.max_concurrency = max_concurrency
@@ -101,6 +111,20 @@ class Job(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} queue={self.queue!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function itself, as written — no queue, no worker, no validation — for
+        unit tests: ``await add(1, 2)`` (``add(1, 2)`` for a ``def`` job).
+
+        A job whose first parameter is a ``Context`` gets none injected: pass one yourself
+        (``await checkout(ctx, order_id=7)``), or run it through a worker to get a real one.
+        """
+        if self.takes_context and not args:
+            raise TypeError(
+                f"job {self.name!r} takes a Context first: call it as {self.name}(ctx, ...) "
+                "with a Context of your own, or run it through a worker"
+            )
+        return self.function(*args, **kwargs)
 
     def options(
         self,

@@ -166,6 +166,7 @@ class Worker:
         self.handle_signals = handle_signals
         self.stats = WorkerStats()
         self.client = Client(app, self.backend, poll_interval=poll_interval)
+        self.client.job_threads = concurrency  # plain `def` jobs: as many threads as slots
         self._slots = Slots(concurrency)
         self._running: dict[int, _Execution] = {}
         #: run id → attempt of completions queued but not yet written (their leases are kept)

@@ -294,7 +294,7 @@ def test_duplicate_job_name_is_refused() -> None:
     assert list(local.jobs) == ["once"]
 
 
-def test_job_must_be_async() -> None:
+def test_job_must_be_a_function_not_a_generator() -> None:
     local = App("sync")
 
     def plain(n: int) -> int:
@@ -303,11 +303,14 @@ def test_job_must_be_async() -> None:
     async def generator() -> Any:
         yield 1
 
-    with pytest.raises(ConfigurationError, match="async function"):
-        local.job(plain)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="async function"):
-        local.job(generator)
-    assert local.jobs == {}
+    def sync_generator() -> Any:
+        yield 1
+
+    assert local.job(plain).is_async is False  # a plain def runs in a worker thread
+    for bad in (generator, sync_generator, "not callable"):
+        with pytest.raises(ConfigurationError, match="must be a function"):
+            local.job(bad)  # type: ignore[call-overload]
+    assert list(local.jobs) == ["plain"]
 
 
 def test_variadic_and_positional_only_parameters_are_refused() -> None:

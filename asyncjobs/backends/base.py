@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from asyncjobs.explain import RunFacts
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
@@ -193,6 +193,19 @@ class JobState:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredJobRow:
+    """A job row as a worker stored it, read to trigger the job by name without its code.
+
+    ``args_schema`` is ``None`` when the row has not changed since the ``updated_at`` the
+    caller already holds (see ``DefinitionStore.get_job_definition``)."""
+
+    name: str
+    queue: str
+    updated_at: datetime
+    args_schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class PruneResult:
     """What one ``prune`` call deleted."""
 
@@ -321,3 +334,14 @@ class Backend(Protocol):
     def add_listener(self, listener: Listener) -> None: ...
 
     def remove_listener(self, listener: Listener) -> None: ...
+
+
+@runtime_checkable
+class DefinitionStore(Protocol):
+    """Reading stored job definitions (a port of its own: only triggering by name needs it)."""
+
+    async def get_job_definition(
+        self, name: str, known_version: datetime | None
+    ) -> StoredJobRow | None:
+        """The job stored under ``name`` or an alias of it, or ``None``. Its schema is left
+        out when ``known_version`` equals the row's ``updated_at``."""

@@ -34,6 +34,7 @@ from asyncjobs.backends.base import (
     QueueState,
     RunFilter,
     ScheduleFire,
+    StoredJobRow,
     SweepResult,
     WorkerInfo,
 )
@@ -195,6 +196,8 @@ class PostgresBackend:
         self._pool: asyncpg.Pool | None = None
         self._listener = PostgresListener(self.listen_dsn, "asyncjobs")
         self._users = 0  # open() calls not yet matched by close()
+        #: the schema version the last ``migrate()`` found (0: none installed), for the CLI
+        self.migrated_from: int | None = None
         self._lifecycle = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -260,8 +263,10 @@ class PostgresBackend:
                 if not await conn.fetchval(Q["schema_installed"].text):
                     logger.info("installing the asyncjobs schema (version %d)", sql.SCHEMA_VERSION)
                     await conn.execute(sql.SCHEMA)
+                    self.migrated_from = 0
                     return sql.SCHEMA_VERSION
                 current = await conn.fetchval(Q["schema_version"].text)
+                self.migrated_from = current
                 for migration in sql.MIGRATIONS[current:]:
                     logger.info("applying migration %04d_%s", migration.version, migration.name)
                     await conn.execute(migration.text)
@@ -659,6 +664,14 @@ class PostgresBackend:
             [QueueState(r["name"], r["max_concurrency"], r["enabled"]) for r in queues],
             [JobState(r["name"], r["queue"], r["max_concurrency"], r["enabled"]) for r in jobs],
         )
+
+    async def get_job_definition(
+        self, name: str, known_version: datetime | None
+    ) -> StoredJobRow | None:
+        row = await self._fetchrow("get_job_definition", name, known_version)
+        if row is None:
+            return None
+        return StoredJobRow(row["name"], row["queue"], row["updated_at"], row["args_schema"])
 
     async def prune(self, finished_before: datetime, max_trees: int) -> PruneResult:
         row = await self._fetchrow("prune_trees", finished_before, max_trees)

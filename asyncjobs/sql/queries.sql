@@ -634,3 +634,15 @@ gone_runs AS (
 SELECT (SELECT count(*) FROM roots) AS trees,
        (SELECT count(*) FROM gone_runs) AS runs,
        (SELECT count(*) FROM gone_events) AS events;
+
+-- name: get_job_definition :one
+-- A job as workers stored it, looked up by its name or by one of its aliases (kept in the
+-- "x-asyncjobs" member of args_schema), for triggering by name without the job's code. The
+-- schema is returned only when the row changed since $2 (the updated_at of the caller's
+-- cached copy), so a cached validator costs one small row per trigger.
+SELECT name, queue, updated_at,
+       CASE WHEN updated_at IS DISTINCT FROM $2::timestamptz THEN args_schema END AS args_schema
+  FROM asyncjobs.jobs
+ WHERE name = $1 OR args_schema -> 'x-asyncjobs' -> 'aliases' ? $1
+ ORDER BY name = $1 DESC
+ LIMIT 1;

@@ -1,0 +1,197 @@
+"""Triggering a job by name, without its code: what workers store, and how a client uses it.
+
+A worker stores each job's row in ``asyncjobs.jobs``: its queue, its limit and, in
+``args_schema``, the JSON Schema of its arguments. The trigger defaults a caller needs besides
+the queue (the default priority, the number of attempts, the aliases the job answers to) ride
+in that schema under the ``"x-asyncjobs"`` member, which JSON Schema validators ignore — so a
+service that lacks the job's code finds everything it needs in one row, with no new column.
+
+``JobDirectory`` (one per client) reads that row at each trigger by name, keeping the compiled
+validator until the row's ``updated_at`` changes; ``JobRef`` is the caller's handle on such a
+job: a name, the type its result is decoded to, and trigger options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+from jsonschema.protocols import Validator
+
+from asyncjobs.backends.base import Backend, DefinitionStore, NewRun
+from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
+from asyncjobs.errors import InvalidArguments, UnknownJob
+from asyncjobs.jobs import OnDuplicate, RunOptions
+from asyncjobs.runs import RunRecord, Trigger
+from asyncjobs.schema_validation import compile_schema, validate
+
+if TYPE_CHECKING:
+    from asyncjobs.client import Client, Run
+    from asyncjobs.jobs import Job
+
+R = TypeVar("R")
+
+#: the member of a stored argument schema that holds the trigger defaults
+EXTENSION = "x-asyncjobs"
+
+
+def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
+    """The argument schema a worker stores for ``job``, with its trigger defaults."""
+    schema = job.args.json_schema()
+    schema[EXTENSION] = {
+        "priority": job.priority,
+        "max_attempts": job.retry.max_attempts,
+        "aliases": list(job.aliases),
+        "timeout": job.timeout,
+        "takes_context": job.takes_context,
+    }
+    return schema
+
+
+class JobRef(Generic[R]):
+    """A job known only by name: ``JobRef("make_thumbnail")`` or, with a typed result,
+    ``JobRef("add", int)``. Pass it wherever a ``Job`` goes (``client.trigger_async``,
+    ``client.run_async``); ``options(...)`` works as on a job. The trigger validates the
+    arguments against the schema the workers stored, before writing anything."""
+
+    def __init__(self, name: str, result_type: type[R] | Any = Any) -> None:
+        self.name = name
+        #: whether results are validated into a type (else they stay JSON values)
+        self.typed = result_type is not Any
+        self.result: ResultCodec = result_codec(name, result_type)
+        self.default_options = RunOptions()
+
+    def __repr__(self) -> str:
+        return f"<JobRef {self.name!r}>"
+
+    def options(
+        self,
+        *,
+        priority: int | None = None,
+        not_before: datetime | timedelta | None = None,
+        not_after: datetime | timedelta | None = None,
+        dedup_id: str | None = None,
+        queue: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        wait_timeout: float | None = None,
+    ) -> JobRef[R]:
+        """The same reference with trigger options set (``None`` keeps the current one)."""
+        given: dict[str, Any] = {
+            "priority": priority, "not_before": not_before, "not_after": not_after,
+            "dedup_id": dedup_id, "queue": queue, "on_duplicate": on_duplicate,
+            "wait_timeout": wait_timeout,
+        }
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.default_options = dataclasses.replace(
+            self.default_options, **{k: v for k, v in given.items() if v is not None}
+        )
+        return clone
+
+    def renamed(self, name: str) -> JobRef[R]:
+        """The same reference under the job's own name (it may have been given an alias)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.name = name
+        return clone
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """What a trigger by name needs, read from the job's stored row."""
+
+    name: str
+    queue: str
+    priority: int
+    max_attempts: int
+    version: datetime
+    validator: Validator
+
+
+class JobDirectory:
+    """Stored job definitions of one client, each validator compiled once and kept while the
+    stored row stays the same (one primary-key read per trigger tells)."""
+
+    def __init__(self, backend: Backend, max_args_bytes: int = DEFAULT_MAX_ARGS_BYTES) -> None:
+        self._backend = backend
+        self._max_args_bytes = max_args_bytes
+        self._cache: dict[str, StoredJob] = {}
+
+    async def lookup(self, name: str) -> StoredJob:
+        """The stored job ``name`` (or an alias of it); raises ``UnknownJob``."""
+        if not isinstance(self._backend, DefinitionStore):
+            raise UnknownJob(name, "this backend cannot look up jobs stored by workers")
+        cached = self._cache.get(name)
+        known = cached.version if cached is not None else None
+        row = await self._backend.get_job_definition(name, known)
+        if row is None:
+            self._cache.pop(name, None)
+            raise UnknownJob(
+                name,
+                "this client's app does not define it and no worker has stored it in the "
+                "database yet (start a worker whose app defines it)",
+            )
+        if row.args_schema is None and cached is not None:
+            return cached
+        schema = row.args_schema or {}
+        defaults = schema.get(EXTENSION) or {}
+        stored = StoredJob(
+            name=row.name,
+            queue=row.queue,
+            priority=int(defaults.get("priority", 0)),
+            max_attempts=int(defaults.get("max_attempts", 1)),
+            version=row.updated_at,
+            validator=compile_schema(row.name, schema),
+        )
+        self._cache[name] = stored
+        return stored
+
+    def encode(self, job: StoredJob, arguments: Mapping[str, Any]) -> str:
+        """Validate JSON-shaped ``arguments`` against the stored schema; the text to store."""
+        if not isinstance(arguments, Mapping):
+            raise InvalidArguments(f"{job.name}: arguments must be a JSON object")
+        plain = dict(arguments)
+        check_shape(plain, job.name)  # NUL, NaN and nesting, as for a typed trigger
+        validate(job.name, job.validator, plain)
+        try:
+            text = dumps(plain)
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits, a surrogate
+            raise InvalidArguments(f"{job.name}: {exc}") from None
+        size = len(text.encode())
+        if size > self._max_args_bytes:
+            raise InvalidArguments(
+                f"{job.name}: arguments are {size} bytes encoded, "
+                f"above the limit of {self._max_args_bytes}"
+            )
+        return text
+
+
+async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
+    """A new run of ``record``'s job with its arguments, queue, priority, attempts and dedup
+    id; trigger ``retry`` and parent ``record`` link it to the run it repeats."""
+    from asyncjobs.client import Run
+
+    if not record.status.is_terminal:
+        raise InvalidArguments(
+            f"run {record.id} is {record.status.value}: only a finished run can be retried"
+        )
+    new_run = NewRun(
+        job=record.job,
+        queue=record.queue,
+        args_json=dumps(record.args),
+        priority=record.priority,
+        not_before=None,
+        not_after=None,
+        dedup_id=record.dedup_id,
+        max_attempts=record.max_attempts,
+        parent_run_id=record.id,
+        root_run_id=record.root_run_id or record.id,
+        trigger=Trigger.RETRY,
+    )
+    (enqueued,) = await client.backend.enqueue([new_run], reject_duplicates=True)
+    handle = client._handle(record.job)
+    return Run(enqueued.run_id, handle, enqueued.created, client)
