@@ -296,8 +296,8 @@ async def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _add_switch(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=["job", "queue", "schedule"])
-    parser.add_argument("name")
+    parser.add_argument("kind", choices=["job", "queue", "schedule"], help="what to switch")
+    parser.add_argument("name", help="its name")
     _add_dsn(parser)
 
 
@@ -336,7 +336,7 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _add_explain(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", type=int)
+    parser.add_argument("run_id", type=int, help="the run to explain")
     _add_dsn(parser)
 
 

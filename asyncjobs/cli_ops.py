@@ -41,6 +41,9 @@ _EXIT_BY_STATUS = {
     RunStatus.EXPIRED: EXIT_EXPIRED,
 }
 
+#: event data longer than this is cut in ``show``
+EVENT_CHARS = 160
+
 AddDsn = Callable[[argparse.ArgumentParser], None]
 
 
@@ -134,8 +137,10 @@ async def cmd_show(args: argparse.Namespace, dsn: str) -> int:
     if events:
         print("events:")
         for event in events:
-            print(f"  {event.at:%Y-%m-%d %H:%M:%S.%f} {event.kind:<10} "
-                  f"{orjson.dumps(event.data).decode()}")
+            data = orjson.dumps(event.data).decode()
+            if len(data) > EVENT_CHARS:  # the error's traceback is printed above in full
+                data = data[:EVENT_CHARS] + "…"
+            print(f"  {event.at:%Y-%m-%d %H:%M:%S.%f} {event.kind:<10} {data}")
     print("tree:")
     print(render_tree(build_tree(tree.runs)))
     return EXIT_OK
