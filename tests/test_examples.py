@@ -23,6 +23,11 @@ EXPECTED_OUTPUT = {
     "schedules.py": ["trigger: schedule", "heartbeat          * * * * * *      disabled"],
     "lifecycle.py": ["worker started", "log 3 rows skipped in a.csv", "old name -> 300 rows",
                      "- not_before:", "- job_disabled:", "'cancelled': 1", "last success: run"],
+    "fastapi_app.py": ["accepted: 202 run", "event: snapshot", "progress resizing",
+                       "event: end", "result: thumb-7-128.png"],
+    "sync_caller.py": ["view: 202", "status: 200 {'report': {", "bad input: 400",
+                       "['customer_id']", "failing: 500", "no such customer",
+                       "re-rendered 2: 3 pages"],
 }
 
 
