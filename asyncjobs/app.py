@@ -150,7 +150,7 @@ class App:
         def register(function: Callable[..., Any]) -> Job[Any, Any]:
             job: Job[Any, Any] = Job(
                 function,
-                name=name or getattr(function, "__name__", repr(function)),
+                name=name or str(getattr(function, "__name__", repr(function))),
                 queue=queue,
                 max_concurrency=max_concurrency,
                 priority=priority,

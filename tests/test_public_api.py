@@ -49,3 +49,16 @@ def test_init_only_reexports_with_explicit_aliases() -> None:
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             assert node.name.startswith("_") or node.name in asyncjobs.__all__, node.name
     assert reexported == set(asyncjobs.__all__)
+
+
+def test_callers_api_is_public() -> None:
+    """What services without the jobs' code, sync code and result checks use."""
+    callers = {"Client", "JobRef", "RunErrorInfo", "RunResult", "SyncClient", "SyncRun"}
+    assert callers <= set(asyncjobs.__all__)
+    assert {"ok", "status", "value", "error", "record"} <= set(dir(asyncjobs.RunResult))
+
+
+def test_readme_lists_the_public_api() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = readme.split("`asyncjobs.__all__`: ", 1)[1].split("\n", 1)[0]
+    assert listed == ", ".join(f"`{name}`" for name in asyncjobs.__all__) + "."
