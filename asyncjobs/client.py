@@ -265,15 +265,22 @@ class Client:
         return run
 
     async def trigger_many(
-        self, job: Job[P, R] | str, arguments: Iterable[Mapping[str, Any]]
+        self, job: Job[P, R] | JobRef[R] | str, arguments: Iterable[Mapping[str, Any]]
     ) -> list[Run[R]]:
-        """Enqueue many runs of one job in one round trip (all validated first).
+        """Enqueue many runs of one job in one round trip (all validated first; by name
+        without the job's code, against the stored schema).
 
         With ``on_duplicate="raise"`` (the default) a dedup conflict writes nothing.
         """
-        resolved = self.app.get_job(job) if isinstance(job, str) else job
-        encoded = [resolved.args.encode(resolved.args.bind((), a)) for a in arguments]
-        return await self._enqueue(resolved, encoded, Trigger.USER)
+        handle = self._handle(job)
+        if isinstance(handle, JobRef):
+            stored = await self._directory.lookup(handle.name)
+            encoded = [self._directory.encode(stored, a) for a in arguments]
+            target = (stored.name, stored.queue, stored.priority, stored.max_attempts)
+            return await self._enqueue_as(handle.renamed(stored.name), target, encoded,
+                                          Trigger.USER)
+        encoded = [handle.args.encode(handle.args.bind((), a)) for a in arguments]
+        return await self._enqueue(handle, encoded, Trigger.USER)
 
     @overload
     async def run_async(self, job: Job[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...

@@ -150,8 +150,13 @@ async def test_the_validator_is_compiled_once_and_refreshed_on_change(
         assert refused.value.errors[0]["loc"] == ["height"]
         run = await client.trigger_async("resize", width=4, height=3)
         assert (await run.get()).priority == 5
+        many = await client.trigger_many("resize", [{"width": 5, "height": 1},
+                                                    {"width": 6, "height": 2}])
+        assert [r.job.name for r in many] == ["resize", "resize"]
+        with pytest.raises(InvalidArguments):  # one bad item: none is written
+            await client.trigger_many("resize", [{"width": 7, "height": 1}, {"width": 8}])
         assert compiled == ["resize", "resize"]
-    assert await _count(dsn) == 4
+    assert await _count(dsn) == 6
 
 
 async def test_by_name_refuses_what_json_cannot_hold(dsn: str) -> None:
