@@ -26,6 +26,7 @@ from asyncjobs.backends.base import Backend, DefinitionStore, NewRun
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
 from asyncjobs.errors import InvalidArguments, UnknownJob
 from asyncjobs.jobs import OnDuplicate, RunOptions
+from asyncjobs.rules import check_name
 from asyncjobs.runs import RunRecord, Trigger
 from asyncjobs.schema_validation import compile_schema, validate
 
@@ -46,8 +47,6 @@ def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
         "priority": job.priority,
         "max_attempts": job.retry.max_attempts,
         "aliases": list(job.aliases),
-        "timeout": job.timeout,
-        "takes_context": job.takes_context,
     }
     return schema
 
@@ -123,6 +122,7 @@ class JobDirectory:
 
     async def lookup(self, name: str) -> StoredJob:
         """The stored job ``name`` (or an alias of it); raises ``UnknownJob``."""
+        check_name(name, "job name", InvalidArguments)  # e.g. a NUL the database refuses
         if not isinstance(self._backend, DefinitionStore):
             raise UnknownJob(name, "this backend cannot look up jobs stored by workers")
         cached = self._cache.get(name)

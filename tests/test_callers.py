@@ -173,6 +173,9 @@ async def test_by_name_refuses_what_json_cannot_hold(dsn: str) -> None:
                 await client.trigger_json("take", bad)  # type: ignore[arg-type]
         with pytest.raises(InvalidArguments, match="by keyword"):
             await client.trigger_async("take", {"x": 1})
+        for name in ("ta\x00ke", "x" * 201, ""):
+            with pytest.raises(InvalidArguments, match="job name"):
+                await client.trigger_json(name, {})
     assert await _count(dsn) == 0
 
 

@@ -144,3 +144,13 @@ async def test_exit_codes_are_documented(capsys: pytest.CaptureFixture[str]) -> 
     for code in ("0  done", "1  an asyncjobs error", "3  the run failed", "6  --timeout"):
         assert code in help_text
     assert RunStatus.EXPIRED.value in help_text
+
+
+def test_explain_reads_as_english() -> None:
+    from asyncjobs import Explanation
+
+    words = {RunStatus.PENDING: "is pending", RunStatus.RUNNING: "is running",
+             RunStatus.SUCCEEDED: "succeeded", RunStatus.FAILED: "failed",
+             RunStatus.CANCELLED: "was cancelled", RunStatus.EXPIRED: "expired before it started"}
+    for status, said in words.items():
+        assert str(Explanation(1, status, ())) == f"run 1 {said}"
