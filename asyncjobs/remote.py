@@ -51,6 +51,10 @@ def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
     return schema
 
 
+#: results left as JSON values (one adapter for every untyped reference)
+_JSON_RESULT = result_codec("json", Any)
+
+
 class JobRef(Generic[R]):
     """A job known only by name: ``JobRef("make_thumbnail")`` or, with a typed result,
     ``JobRef("add", int)``. Pass it wherever a ``Job`` goes (``client.trigger_async``,
@@ -61,7 +65,9 @@ class JobRef(Generic[R]):
         self.name = name
         #: whether results are validated into a type (else they stay JSON values)
         self.typed = result_type is not Any
-        self.result: ResultCodec = result_codec(name, result_type)
+        self.result: ResultCodec = (
+            result_codec(name, result_type) if self.typed else _JSON_RESULT
+        )
         self.default_options = RunOptions()
 
     def __repr__(self) -> str:
