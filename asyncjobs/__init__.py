@@ -18,6 +18,7 @@ from asyncjobs.errors import DuplicateRun as DuplicateRun
 from asyncjobs.errors import EmbeddedPostgresError as EmbeddedPostgresError
 from asyncjobs.errors import InvalidArguments as InvalidArguments
 from asyncjobs.errors import JobTimeout as JobTimeout
+from asyncjobs.errors import ResultNotStorable as ResultNotStorable
 from asyncjobs.errors import RunCancelled as RunCancelled
 from asyncjobs.errors import RunError as RunError
 from asyncjobs.errors import RunExpired as RunExpired
@@ -73,6 +74,7 @@ __all__ = (
     "PruneResult",
     "Reason",
     "ReasonCode",
+    "ResultNotStorable",
     "RetryPolicy",
     "Run",
     "RunCancelled",

@@ -23,8 +23,10 @@ from typing import Any
 
 import orjson
 import pydantic
+import pydantic_core
 
 from asyncjobs.errors import ConfigurationError, InvalidArguments
+from asyncjobs.rules import storable_json
 
 #: Largest accepted encoded arguments, in bytes (per App; see ``App(max_args_bytes=...)``).
 DEFAULT_MAX_ARGS_BYTES = 256 * 1024
@@ -131,11 +133,19 @@ class ResultCodec:
     adapter: pydantic.TypeAdapter[Any]
 
     def encode(self, value: Any) -> str:
-        """May raise ``pydantic_core.PydanticSerializationError`` for non-JSON values, and
-        ``ValueError`` for NUL characters and NaN/Infinity."""
-        text = self.adapter.dump_json(value).decode()
-        if has_nul_escape(text):
-            raise ValueError("result contains a NUL character, which PostgreSQL cannot store")
+        """The JSON text to store, made storable like everything the worker writes
+        (``rules.storable_json``): a NUL or a lone surrogate in a string or key comes back
+        escaped (``\\0``, ``\\udce9``). Raises ``pydantic_core.PydanticSerializationError``
+        for values that are not JSON, and ``ValueError`` for NaN/Infinity."""
+        try:
+            text = self.adapter.dump_json(value).decode()
+        except pydantic_core.PydanticSerializationError:
+            # a lone surrogate cannot be written as UTF-8: escape it in the plain value, then
+            # write that (a value that is not JSON at all fails again here, with its reason)
+            text = _ANY.dump_json(storable_json(self._plain(value))).decode()
+        else:
+            if has_nul_escape(text):
+                text = dumps(storable_json(loads(text)))
         # pydantic writes NaN and Infinity as null; only a result with a null can hide one
         if "null" in text and _has_non_finite(self.adapter.dump_python(value)):
             raise ValueError("result contains NaN or Infinity, which JSON cannot hold")
@@ -143,6 +153,16 @@ class ResultCodec:
 
     def decode(self, stored: Any) -> Any:
         return self.adapter.validate_python(stored)
+
+    def _plain(self, value: Any) -> Any:
+        try:
+            return self.adapter.dump_python(value, mode="json")
+        except UnicodeEncodeError:  # JSON mode encodes dict keys: a surrogate in one
+            return self.adapter.dump_python(value)
+
+
+#: writes the plain values of ``ResultCodec._plain`` (datetimes, sets, ... as pydantic does)
+_ANY: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Any)
 
 
 def args_codec(

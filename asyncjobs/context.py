@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from asyncjobs.rules import MAX_MESSAGE_CHARS, storable, storable_json
 from asyncjobs.runs import RunRecord
 
 if TYPE_CHECKING:
     from asyncjobs.client import Client
 
-#: Longest log line or status message stored; longer ones are cut (and say so).
-MAX_MESSAGE_CHARS = 4000
 
 
 @dataclass(eq=False)
@@ -70,7 +69,7 @@ class Context:
             raise ValueError(f"progress must be between 0 and 1, got {fraction!r}")
         data: dict[str, Any] = {"progress": fraction}
         if message is not None:
-            data["message"] = _clip(message)
+            data["message"] = storable(message, MAX_MESSAGE_CHARS)
         await self._emit(self.run.id, self.run.attempt, "progress", data)
 
     async def log(self, message: str, level: str = "info", **fields: Any) -> None:
@@ -78,7 +77,7 @@ class Context:
         level = level.lower()
         if level not in _LEVELS:
             raise ValueError(f"unknown log level {level!r}; use one of {sorted(_LEVELS)}")
-        data: dict[str, Any] = {"level": level, "message": _clip(message)}
+        data: dict[str, Any] = {"level": level, "message": storable(message, MAX_MESSAGE_CHARS)}
         if fields:
             data["fields"] = _json_fields(fields)
         await self._emit(self.run.id, self.run.attempt, "log", data)
@@ -107,28 +106,18 @@ def get_context() -> Context | None:
 
 
 def _json_fields(fields: dict[str, Any]) -> Any:
-    """Log fields as plain JSON, checked now: a bad value fails this call only, instead of
-    the whole batch of events (of other runs too) it would have been written with."""
+    """Log fields as plain, storable JSON, checked now: a value that is not JSON fails this
+    call only, instead of the whole batch of events (of other runs too) it would be written
+    with. Strings are made storable (``rules.storable_json``), not refused."""
     try:
-        plain = orjson.loads(orjson.dumps(fields))
-    except TypeError as exc:  # orjson.JSONEncodeError
-        raise TypeError(f"log fields must be JSON values: {exc}") from None
-    return _without_nul(plain)
+        text = orjson.dumps(fields)
+    except TypeError:
+        # orjson refuses a lone surrogate like any non-JSON value: escape strings, try again
+        try:
+            text = orjson.dumps(storable_json(fields))
+        except TypeError as exc:  # orjson.JSONEncodeError
+            raise TypeError(f"log fields must be JSON values: {exc}") from None
+    plain = orjson.loads(text)
+    # the only other thing PostgreSQL cannot store, and orjson writes it as \u0000
+    return storable_json(plain) if b"\\u0000" in text else plain
 
-
-def _without_nul(value: Any) -> Any:
-    """jsonb cannot hold NUL characters; show them as ``\\0``."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\\0")
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    return value
-
-
-def _clip(text: str) -> str:
-    text = text.replace("\x00", "\\0")
-    if len(text) <= MAX_MESSAGE_CHARS:
-        return text
-    return text[:MAX_MESSAGE_CHARS] + f"… [{len(text) - MAX_MESSAGE_CHARS} chars cut]"

@@ -17,7 +17,8 @@ Every error derives from :class:`AsyncJobsError`, so one ``except`` catches them
     │   ├── RunCancelled          the run was cancelled
     │   ├── RunExpired            the run passed its not_after before it started
     │   └── RunTimeout            the caller's wait timed out (the run goes on)
-    └── JobTimeout                raised inside a job that exceeded its timeout
+    ├── JobTimeout                raised inside a job that exceeded its timeout
+    └── ResultNotStorable         a run's outcome could not be stored as written (run failed)
 
 Driver (asyncpg) exceptions are translated in exactly one place,
 ``asyncjobs.backends.postgres.translate_errors``; the original is on ``__cause__``.
@@ -36,6 +37,7 @@ __all__ = (
     "EmbeddedPostgresError",
     "InvalidArguments",
     "JobTimeout",
+    "ResultNotStorable",
     "RunCancelled",
     "RunError",
     "RunExpired",
@@ -161,3 +163,12 @@ class RunTimeout(RunError):
 
 class JobTimeout(AsyncJobsError):
     """A job ran longer than its ``timeout``; the attempt fails and the retry policy applies."""
+
+
+class ResultNotStorable(AsyncJobsError):
+    """A run's outcome could not be stored as written; the run failed with this error instead.
+
+    Recorded (not raised to callers) when a job returns a value that is not JSON, or when the
+    database refuses an attempt's completion on its own: the message says why, and quotes the
+    original outcome. Never retried: the same value would be refused again.
+    """

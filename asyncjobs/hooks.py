@@ -26,6 +26,7 @@ fails the run or stops the worker. Hooks of one event run in the order they were
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -97,7 +98,12 @@ class Hooks:
                 outcome = hook(*args)
                 if inspect.isawaitable(outcome):
                     await outcome
-            except Exception:
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the run or the worker is being cancelled: not the hook's doing
+                logger.exception("%r hook %s raised CancelledError; ignored", event, _name(hook))
+            except BaseException:  # user code: even KeyboardInterrupt must not stop the worker
                 logger.exception("%r hook %s failed; ignored", event, _name(hook))
 
 

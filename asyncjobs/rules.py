@@ -17,6 +17,9 @@ from typing import Any
 
 #: Longest job, queue, schedule name and dedup id, in characters (the tables check it too).
 MAX_NAME_CHARS = 200
+#: Longest log line, status message or error message the worker stores; longer ones are cut
+#: (and say so).
+MAX_MESSAGE_CHARS = 4000
 
 
 def unstorable_reason(text: str) -> str | None:
@@ -61,11 +64,16 @@ def storable(text: str, limit: int | None = None) -> str:
 
 
 def storable_json(value: Any) -> Any:
-    """A JSON value (from ``orjson.loads``-like data) with every key and string storable."""
+    """A JSON-like value with every string key and string storable (tuples become lists).
+
+    Anything else is left as it is, so a value that is not JSON (a non-string key, an
+    ``object()``) is still refused by the encoder that comes after."""
     if isinstance(value, str):
         return storable(value)
     if isinstance(value, dict):
-        return {storable(str(k)): storable_json(v) for k, v in value.items()}
+        return {
+            (storable(k) if isinstance(k, str) else k): storable_json(v) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [storable_json(v) for v in value]
     return value

@@ -8,7 +8,8 @@ A token bucket lets ``burst`` events through at once and ``rate`` per second aft
 * log lines over the rate are dropped and counted; a ``log_dropped`` event with the count
   (``{"dropped": n}``) is written when the bucket refills, so the gap is visible.
 
-Sizes are bounded too: each message is cut at ``context.MAX_MESSAGE_CHARS``.
+Sizes are bounded too: each message is cut at ``rules.MAX_MESSAGE_CHARS`` and made storable
+(``rules.storable``).
 
 :class:`RunLogCapture` is a ``logging.Handler`` on the root logger (installed while a worker
 runs): a record emitted inside a job — in its task, or in a thread started with
@@ -29,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from asyncjobs.context import _clip
 from asyncjobs.errors import ConfigurationError
+from asyncjobs.rules import MAX_MESSAGE_CHARS, storable
 
 #: Events per second one run may write, sustained (``Worker(event_rate=...)``).
 DEFAULT_EVENT_RATE = 20.0
@@ -240,7 +241,11 @@ class RunLogCapture(logging.Handler):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + _FORMATTER.formatException(record.exc_info)
-        return {"level": _level(record.levelno), "message": _clip(message), "logger": record.name}
+        return {
+            "level": _level(record.levelno),
+            "message": storable(message, MAX_MESSAGE_CHARS),
+            "logger": storable(record.name),
+        }
 
 
 _FORMATTER = logging.Formatter()

@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import socket
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -39,8 +38,18 @@ from asyncjobs.errors import (
     DatabaseUnavailable,
     InvalidArguments,
     JobTimeout,
+    ResultNotStorable,
 )
 from asyncjobs.jobs import Job
+from asyncjobs.outcomes import (
+    Event,
+    describe_completion,
+    describe_error,
+    describe_event,
+    exception_text,
+    storable_event,
+    unstorable_completion,
+)
 from asyncjobs.runlog import DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, EventGate, RunReporting
 from asyncjobs.runs import RunRecord, RunStatus
 from asyncjobs.scheduler import Scheduler
@@ -48,7 +57,6 @@ from asyncjobs.slots import Slots
 
 logger = logging.getLogger(__name__)
 
-MAX_TRACEBACK_CHARS = 20_000
 #: after a second signal, seconds left for cancelled jobs to end and hand-backs to be written
 ABORT_GRACE = 1.0
 #: longest wait between two tries while the database fails in an unexpected way
@@ -93,6 +101,10 @@ class WorkerStats:
     leases_lost: int = 0
     rescued_by_sweep: int = 0
     claims: int = 0
+    #: completions the database refused even alone, stored as ``ResultNotStorable`` failures
+    unstorable_completions: int = 0
+    #: events the database refused even alone, stored escaped or as an error log line
+    unstorable_events: int = 0
     by_job: dict[str, int] = field(default_factory=dict)
 
 
@@ -179,9 +191,14 @@ class Worker:
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._completions: Batcher[Completion] = Batcher("completions", self._flush_completions)
-        self._events: Batcher[tuple[int, int, str, dict[str, Any]]] = Batcher(
-            "events", self._flush_events
+        self._completions: Batcher[Completion] = Batcher(
+            "completions",
+            self._flush_completions,
+            repair=self._repair_completion,
+            describe=describe_completion,
+        )
+        self._events: Batcher[Event] = Batcher(
+            "events", self._flush_events, repair=self._repair_event, describe=describe_event
         )
         self._main: asyncio.Task[None] | None = None
         self._signals_installed = False
@@ -454,12 +471,15 @@ class Worker:
                 else:
                     value = await job.fn(**kwargs)
             return self._success(record, job, value)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             task = asyncio.current_task()
-            if execution.stop_reason is None or task is None:
+            if execution.stop_reason is not None and task is not None:
+                task.uncancel()
+                return self._stopped_completion(execution)
+            if task is None or task.cancelling():
                 raise  # not ours: the worker itself is being torn down
-            task.uncancel()
-            return self._stopped_completion(execution)
+            # raised by the job itself, its task not being cancelled: the job's failure
+            return self._failure(record, job, exc)
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
                 error: BaseException = JobTimeout(
@@ -468,14 +488,22 @@ class Worker:
                 error.__cause__ = exc
                 return self._failure(record, job, error)
             return self._failure(record, job, exc)
-        except Exception as exc:
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit, a custom BaseException raised by the job fail
+            # this run only. The worker's own stop never comes this way: it cancels tasks
+            # (with handle_signals, SIGINT/SIGTERM are read by the event loop; asyncio.run's
+            # own SIGINT handler cancels the main task)
             return self._failure(record, job, exc)
 
     def _success(self, record: RunRecord, job: Job[Any, Any], value: Any) -> Completion:
         try:
             encoded = job.result.encode(value)
         except Exception as exc:
-            error = TypeError(f"{job.name} returned a value that cannot be stored as JSON: {exc}")
+            error = ResultNotStorable(
+                f"{job.name} returned a value that cannot be stored as JSON: "
+                f"{type(exc).__name__}: {exception_text(exc)}"
+            )
+            error.__cause__ = exc
             return self._failure(record, job, error, retry=False)
         self.stats.succeeded += 1
         return Completion(record.id, record.attempt, RunStatus.SUCCEEDED, result_json=encoded)
@@ -564,8 +592,23 @@ class Worker:
                 [(c.run_id, c.attempt) for c in rejected][:20],
             )
 
-    async def _flush_events(self, events: list[tuple[int, int, str, dict[str, Any]]]) -> None:
+    async def _flush_events(self, events: list[Event]) -> None:
         await self.backend.add_events(self.id, events)
+
+    def _repair_completion(
+        self, completion: Completion, error: Exception, step: int
+    ) -> Completion | None:
+        """What to store for a completion the database refused alone (``outcomes``)."""
+        replacement = unstorable_completion(completion, error, step)
+        if replacement is not None:
+            self.stats.unstorable_completions += 1
+        return replacement
+
+    def _repair_event(self, event: Event, error: Exception, step: int) -> Event | None:
+        replacement = storable_event(event, error, step)
+        if replacement is not None and step == 1:
+            self.stats.unstorable_events += 1
+        return replacement
 
     # ------------------------------------------------------------------ leases
 
@@ -664,19 +707,3 @@ class _Trouble:
             )
             self.failures, self.backoff = 0, 0.0
 
-
-def describe_error(exc: BaseException, attempt: int) -> dict[str, Any]:
-    """Type, message and traceback of an exception, as stored on the run."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    text = "".join(traceback.format_exception(exc))
-    if len(text) > MAX_TRACEBACK_CHARS:
-        text = "… (cut)\n" + text[-MAX_TRACEBACK_CHARS:]
-    # jsonb cannot hold NUL: one in a message would make the whole completion batch fail
-    message = str(exc)[:4000].replace("\x00", "\\0")
-    text = text.replace("\x00", "\\0")
-    return {"type": name, "message": message, "traceback": text, "attempt": attempt}

@@ -251,7 +251,7 @@ async def test_bad_results_fail_the_run_and_the_worker_lives_on(target: Target) 
     async with app.worker(target.connect, **FAST), app.client(target.connect) as client:
         with pytest.raises(RunFailed) as info:
             await asyncio.wait_for(client.run_async(opaque), 20)
-        assert info.value.error_type == "TypeError"
+        assert info.value.error_type == "asyncjobs.errors.ResultNotStorable"
         assert "cannot be stored as JSON" in info.value.error_message
         with pytest.raises(RunFailed) as info:
             await asyncio.wait_for(client.run_async(not_a_number), 20)
