@@ -7,8 +7,10 @@ by themselves. Nothing is ever dropped, and one bad item never fails its neighbo
   backoff, keeping the items in order; the outage is logged once;
 * a flush refused for any other reason is split in halves, each flushed on its own, until the
   refused item stands alone (a batch with no bad item costs nothing extra: one flush). An item
-  refused twice alone is the offender: ``repair`` gives a replacement that can be stored (step
-  1, 2, ... until it returns ``None``), which takes the item's place. Order is kept.
+  refused alone is tried twice more (after 50 and 100 ms: a deadlock, a serialization
+  failure or a lock timeout is the moment's fault, not the item's); refused every time, it is
+  the offender: ``repair`` gives a replacement that can be stored (step 1, 2, ... until it
+  returns ``None``), which takes the item's place. Order is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ Repair = Callable[[T, Exception, int], T | None]
 
 #: replacements tried for one refused item before it is given up (the last resort's last resort)
 MAX_REPAIRS = 3
+#: seconds to wait before each new try of an item refused alone, as it is (see module doc)
+LONE_RETRY_DELAYS = (0.05, 0.1)
 
 
 @dataclass(eq=False, slots=True)
@@ -106,12 +110,13 @@ class Batcher(Generic[T]):
             await self._store_alone(batch[0], error)
 
     async def _store_alone(self, entry: _Entry[T], error: Exception) -> None:
-        # once more as is: a lone failure may be the moment's (a deadlock), not the item's
-        retried = await self._try([entry])
-        if retried is None:
-            _settle([entry], None)
-            return
-        error = retried
+        for delay in LONE_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            retried = await self._try([entry])
+            if retried is None:
+                _settle([entry], None)
+                return
+            error = retried
         what = self._describe(entry.item)
         for step in range(1, MAX_REPAIRS + 1):
             replacement = self._replacement(entry.item, error, step)
