@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from asyncjobs.client import Client
 
 
-
 @dataclass(eq=False)
 class Context:
     """Handed to a job whose first parameter is annotated ``Context``.
@@ -120,4 +119,3 @@ def _json_fields(fields: dict[str, Any]) -> Any:
     plain = orjson.loads(text)
     # the only other thing PostgreSQL cannot store, and orjson writes it as \u0000
     return storable_json(plain) if b"\\u0000" in text else plain
-
