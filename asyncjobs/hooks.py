@@ -103,6 +103,8 @@ class Hooks:
                 if task is None or task.cancelling():
                     raise  # the run or the worker is being cancelled: not the hook's doing
                 logger.exception("%r hook %s raised CancelledError; ignored", event, _name(hook))
+            except GeneratorExit:
+                raise  # the calling coroutine is being closed
             except BaseException:  # user code: even KeyboardInterrupt must not stop the worker
                 logger.exception("%r hook %s failed; ignored", event, _name(hook))
 

@@ -488,6 +488,8 @@ class Worker:
                 error.__cause__ = exc
                 return self._failure(record, job, error)
             return self._failure(record, job, exc)
+        except GeneratorExit:
+            raise  # this coroutine is being closed (a loop shut down without cancelling it)
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, a custom BaseException raised by the job fail
             # this run only. The worker's own stop never comes this way: it cancels tasks
