@@ -283,6 +283,10 @@ async def test_failed_hooks_get_the_base_exception_and_a_hook_raising_one_is_ign
     async def interrupted() -> None:
         raise KeyboardInterrupt("from the job")
 
+    @local.job
+    def exits_in_a_thread(code: int) -> None:  # a plain `def` job runs in a worker thread
+        raise SystemExit(code)
+
     @local.on("failed")
     def record(ctx: Context, error: BaseException) -> None:
         seen.append(error)
@@ -301,4 +305,7 @@ async def test_failed_hooks_get_the_base_exception_and_a_hook_raising_one_is_ign
         second = await client.trigger_async(interrupted)
         with pytest.raises(RunFailed):
             await second.result(timeout=20)  # the worker lived on after the hook's SystemExit
-    assert [type(e) for e in seen] == [KeyboardInterrupt, KeyboardInterrupt]
+        with pytest.raises(RunFailed) as info:
+            await client.run_async(exits_in_a_thread.options(wait_timeout=20), 4)
+        assert (info.value.error_type, info.value.error_message) == ("SystemExit", "4")
+    assert [type(e) for e in seen] == [KeyboardInterrupt, KeyboardInterrupt, SystemExit]
