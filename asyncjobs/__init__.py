@@ -12,6 +12,7 @@ from asyncjobs.context import Context as Context
 from asyncjobs.context import get_context as get_context
 from asyncjobs.errors import AsyncJobsError as AsyncJobsError
 from asyncjobs.errors import ConfigurationError as ConfigurationError
+from asyncjobs.errors import DatabaseBusy as DatabaseBusy
 from asyncjobs.errors import DatabaseError as DatabaseError
 from asyncjobs.errors import DatabaseUnavailable as DatabaseUnavailable
 from asyncjobs.errors import DuplicateRun as DuplicateRun
@@ -59,6 +60,7 @@ __all__ = (
     "Client",
     "ConfigurationError",
     "Context",
+    "DatabaseBusy",
     "DatabaseError",
     "DatabaseUnavailable",
     "DuplicateRun",

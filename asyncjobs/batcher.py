@@ -3,12 +3,13 @@
 An idle batcher flushes a lone item at once (no added latency); under load the batches grow
 by themselves. Nothing is ever dropped, and one bad item never fails its neighbours:
 
-* a flush that fails because the database is away (``DatabaseUnavailable``) is retried with
+* a flush that fails because the database is away (``DatabaseUnavailable``) or refused it
+  for the moment (``DatabaseBusy``: a deadlock, a lock or statement timeout) is retried with
   backoff, keeping the items in order; the outage is logged once;
 * a flush refused for any other reason is split in halves, each flushed on its own, until the
   refused item stands alone (a batch with no bad item costs nothing extra: one flush). An item
-  refused alone is tried twice more (after 50 and 100 ms: a deadlock, a serialization
-  failure or a lock timeout is the moment's fault, not the item's); refused every time, it is
+  refused alone is tried twice more (after 50 and 100 ms: a refusal the driver did not
+  classify may still be the moment's fault, not the item's); refused every time, it is
   the offender: ``repair`` gives a replacement that can be stored (step 1, 2, ... until it
   returns ``None``), which takes the item's place. Order is kept.
 """
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from asyncjobs.errors import DatabaseUnavailable
+from asyncjobs.errors import DatabaseBusy, DatabaseUnavailable
 
 T = TypeVar("T")
 
@@ -153,7 +154,7 @@ class Batcher(Generic[T]):
         while True:
             try:
                 await self._flush([entry.item for entry in batch])
-            except DatabaseUnavailable as exc:
+            except (DatabaseUnavailable, DatabaseBusy) as exc:
                 if not self._outage:
                     logger.warning("%s: database unavailable, will retry: %s", self.name, exc)
                     self._outage = True

@@ -10,7 +10,8 @@ Every error derives from :class:`AsyncJobsError`, so one ``except`` catches them
     ├── RunNotFound               no run with that id
     ├── SchemaMismatch            the database schema is older or newer than this code
     ├── DatabaseError             the database failed in a way we did not expect
-    │   └── DatabaseUnavailable   the connection is gone (server down, network)
+    │   ├── DatabaseUnavailable   the connection is gone (server down, network)
+    │   └── DatabaseBusy          a transient refusal (deadlock, lock or statement timeout)
     ├── EmbeddedPostgresError     the private demo/test server could not start
     ├── RunError                  run_async() could not return a result
     │   ├── RunFailed             the job raised (remote type, message, traceback)
@@ -31,6 +32,7 @@ from typing import Any
 __all__ = (
     "AsyncJobsError",
     "ConfigurationError",
+    "DatabaseBusy",
     "DatabaseError",
     "DatabaseUnavailable",
     "DuplicateRun",
@@ -125,6 +127,12 @@ class DatabaseError(AsyncJobsError):
 
 class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached (server down or restarting, connection lost)."""
+
+
+class DatabaseBusy(DatabaseError):
+    """The database refused a statement for the moment, not for what it holds: a deadlock, a
+    serialization failure, a lock or statement timeout. The same statement may succeed when
+    tried again; workers retry their batched writes in order instead of blaming an item."""
 
 
 class EmbeddedPostgresError(AsyncJobsError):

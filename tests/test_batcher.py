@@ -10,10 +10,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 
+from asyncjobs.backends.postgres import translate_errors
 from asyncjobs.batcher import Batcher
-from asyncjobs.errors import DatabaseError, DatabaseUnavailable
+from asyncjobs.errors import DatabaseBusy, DatabaseError, DatabaseUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -22,9 +24,12 @@ Start = Callable[[Batcher[Item]], Awaitable[None]]
 
 
 class Store:
-    def __init__(self, bad: set[str] | None = None, down_for: int = 0) -> None:
+    def __init__(
+        self, bad: set[str] | None = None, down_for: int = 0, busy_for: int = 0
+    ) -> None:
         self.bad = bad or set()
         self.down_for = down_for
+        self.busy_for = busy_for
         #: called before each flush: lets a test start an outage in the middle
         self.before: Callable[[Store, list[Item]], None] = lambda store, items: None
         self.flushes: list[list[Item]] = []
@@ -37,6 +42,9 @@ class Store:
         if self.down_for > 0:
             self.down_for -= 1
             raise DatabaseUnavailable("connection refused")
+        if self.busy_for > 0:
+            self.busy_for -= 1
+            raise DatabaseBusy("deadlock detected")
         refused = [payload for _, payload in items if payload in self.bad]
         if refused:
             raise DatabaseError(f"cannot store {refused[0]!r}")
@@ -132,6 +140,30 @@ async def test_an_outage_is_retried_and_drops_nothing(running: Start) -> None:
     await asyncio.gather(*futures)
     assert store.stored == items
     assert store.flushes == [items] * 4
+
+
+async def test_a_transient_refusal_is_retried_whole_not_blamed_on_an_item(running: Start) -> None:
+    """A deadlock or a lock/statement timeout, however long it lasts, repairs nothing: the
+    batch is retried as it is, in order (a succeeded run must not become ResultNotStorable)."""
+    store = Store(busy_for=6)
+    batcher = Batcher("t", store.flush, repair=repaired, max_backoff=0.01)
+    items = _items(20)
+    futures = [batcher.add(item) for item in items]
+    await running(batcher)
+    await asyncio.gather(*futures)
+    assert store.stored == items
+    assert store.flushes == [items] * 7
+
+
+async def test_the_driver_seam_calls_timeouts_and_deadlocks_busy(dsn: str) -> None:
+    """What PostgreSQL says for a statement timeout reaches the batcher as DatabaseBusy."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET statement_timeout = '10ms'")
+        with pytest.raises(DatabaseBusy, match="QueryCanceled"), translate_errors():
+            await conn.execute("SELECT pg_sleep(1)")
+    finally:
+        await conn.close()
 
 
 async def test_an_outage_while_isolating_a_bad_item_is_retried_and_drops_nothing(

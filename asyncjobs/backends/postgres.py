@@ -41,6 +41,7 @@ from asyncjobs.backends.base import (
 from asyncjobs.backends.listener import PostgresListener
 from asyncjobs.codec import dumps
 from asyncjobs.errors import (
+    DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
     DuplicateRun,
@@ -112,6 +113,13 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+# Refusals of the moment, not of the statement's data: trying the same statement again may work.
+_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.LockNotAvailableError,  # lock_timeout
+    asyncpg.QueryCanceledError,  # statement_timeout, pg_cancel_backend
+)
+
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
@@ -123,6 +131,8 @@ def translate_errors() -> Iterator[None]:
         if message is not None:
             raise InvalidArguments(message) from exc
         raise DatabaseError(f"constraint {exc.constraint_name} violated: {exc}") from exc
+    except _TRANSIENT_ERRORS as exc:
+        raise DatabaseBusy(f"{type(exc).__name__}: {exc}") from exc
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
         raise SchemaMismatch(
             f"the asyncjobs schema is missing or outdated ({exc}); run `asyncjobs migrate`"
