@@ -75,6 +75,9 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="seconds between looks for work without a NOTIFY (default 1)")
     parser.add_argument("--worker-id", help="stable id for this worker (default: host-pid-random)")
+    parser.add_argument("--retention", default="7d", metavar="AGE",
+                        help="delete trace trees that finished longer ago, e.g. 7d, 12h; "
+                             "'off' keeps everything (default 7d)")
     parser.add_argument("--migrate", action="store_true", help="apply migrations first")
 
 
@@ -93,6 +96,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         sweep_interval=args.sweep_interval,
         poll_interval=args.poll_interval,
         worker_id=args.worker_id,
+        retention=None if args.retention == "off" else parse_duration(args.retention),
         migrate=args.migrate,
         handle_signals=True,
         **options,
@@ -246,8 +250,6 @@ def _add_dashboard(parser: argparse.ArgumentParser) -> None:
                         help="serve a non-loopback address without a token (not recommended)")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="another Host name to accept without a token (repeatable)")
-    parser.add_argument("--retention", metavar="AGE",
-                        help="delete trace trees that finished longer ago (e.g. 7d), hourly")
     parser.add_argument("--max-streams", type=int, default=100,
                         help="open live streams at once (default 100)")
     parser.add_argument("--title", help="title shown in the viewer")
@@ -264,9 +266,6 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
         "max_streams": args.max_streams,
         "title": args.title or f"asyncjobs · {app.name}",
     }
-    if args.retention:
-        settings["retention"] = parse_duration(args.retention)
-        settings["retention_interval"] = 3600.0
     server = DashboardServer(app.asgi(_dsn(args), **settings), args.host, args.port,
                              log_level="info")
     await server.start()

@@ -20,7 +20,7 @@ from asyncjobs.hooks import (
     WorkerEvent,
     WorkerHook,
 )
-from asyncjobs.jobs import DEFAULT_QUEUE, Job
+from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job
 from asyncjobs.remote import stored_schema
 from asyncjobs.retry import RetryOn, RetryPolicy
 from asyncjobs.schedules import (
@@ -102,6 +102,7 @@ class App:
         max_concurrency: int | None = None,
         priority: int = 0,
         retries: int = 0,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
         retry_on: RetryOn = (Exception,),
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
@@ -126,6 +127,7 @@ class App:
         max_concurrency: int | None = None,
         priority: int = 0,
         retries: int = 0,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
         retry_on: RetryOn = (Exception,),
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
@@ -155,6 +157,7 @@ class App:
                 max_concurrency=max_concurrency,
                 priority=priority,
                 retry=RetryPolicy(retries, backoff_base, backoff_cap, retry_on),
+                max_restarts=max_restarts,
                 timeout=timeout,
                 max_args_bytes=self.max_args_bytes,
                 aliases=aliases,

@@ -341,6 +341,7 @@ class Client:
                 not_after=not_after,
                 dedup_id=options.dedup_id,
                 max_attempts=max_attempts,
+                max_restarts=max_restarts,
                 parent_run_id=parent.run_id if parent else None,
                 root_run_id=parent.root_run_id if parent else None,
                 trigger=trigger,

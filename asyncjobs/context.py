@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 class Context:
     """Handed to a job whose first parameter is annotated ``Context``.
 
-    ``run`` is the run as claimed; ``attempt`` counts from 1. Triggering other jobs from inside
-    the job records this run as their parent.
+    ``run`` is the run as claimed. ``attempt`` counts from 1 every execution of the run that
+    was started: retries after the job's errors, restarts after its worker vanished and
+    hand-backs on shutdown alike, so ``attempt > 1`` means "this may have run before, maybe
+    to its end" (at-least-once: make the effect idempotent). ``run.retries`` and
+    ``run.restarts`` count the two causes apart. Triggering other jobs from inside the job
+    records this run as their parent.
 
     ``cancel_requested`` turns true when ``Client.cancel`` asked to cancel this run (it
     reaches the worker by NOTIFY, or by the next heartbeat when the notification was lost).

@@ -179,10 +179,15 @@ def _timing(facts: RunFacts) -> list[Reason]:
         data = {"not_before": run.not_before, "seconds": wait}
         if run.trigger is Trigger.RETRY:
             last = run.errors[-1] if run.errors else run.error or {}
-            data |= {"attempt": run.attempt, "max_attempts": run.max_attempts, "error": last}
+            data |= {
+                "attempt": run.attempt,
+                "retries": run.retries,
+                "max_attempts": run.max_attempts,
+                "error": last,
+            }
             message = (
-                f"attempt {run.attempt} of {run.max_attempts} failed "
-                f"({last.get('type', 'error')}: {last.get('message', '')}); the retry waits "
+                f"retry {run.retries} of {run.max_attempts - 1} after it failed "
+                f"({last.get('type', 'error')}: {last.get('message', '')}) waits "
                 f"{wait:.1f} s more for its backoff"
             )
             reasons.append(Reason(ReasonCode.RETRY_BACKOFF, message, data))
@@ -308,8 +313,11 @@ def _finished(run: RunRecord) -> Reason:
     when = run.finished_at.isoformat() if run.finished_at else "?"
     message = f"it finished as {run.status.value} at {when}"
     if run.status is RunStatus.FAILED and run.error:
-        message += f" after {run.attempt} attempt(s): {run.error.get('type')}: "
-        message += str(run.error.get("message"))
+        # retries are for the job's own errors, restarts for crashes (see Trigger.RESTART)
+        message += (
+            f" after {run.attempt} attempt(s) ({run.retries} retries, {run.restarts} "
+            f"restarts after a crash): {run.error.get('type')}: {run.error.get('message')}"
+        )
     elif run.status is RunStatus.EXPIRED:
         message += " (not_after passed before a worker started it)"
     data = {"status": run.status.value, "finished_at": run.finished_at, "error": run.error}

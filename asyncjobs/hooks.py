@@ -12,7 +12,7 @@ async function. Order, for a worker and one run::
 * ``executed`` — the job returned and its result was encoded;
 * ``failed`` — the attempt failed (raised, timed out, result not JSON; or its stored arguments
   no longer fit the code, in which case ``executing`` was not called);
-  ``ctx.attempt < ctx.run.max_attempts`` tells whether a retry follows;
+  ``ctx.run.retries + 1 < ctx.run.max_attempts`` tells whether a retry may follow;
 * ``stopping`` — the worker stopped claiming and starts draining its running runs;
 * ``stopped`` — everything is released; the worker is gone from the workers table.
 

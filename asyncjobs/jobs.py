@@ -24,6 +24,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_QUEUE = "default"
+#: How often a run is restarted after its worker vanished (crash, kill, lost network) before
+#: it fails with ``LeaseExpired``; the job's ``retries`` are for its own errors only.
+DEFAULT_MAX_RESTARTS = 10
+#: the stored column is a PostgreSQL integer
+MAX_RESTARTS_LIMIT = 2**31 - 1
 #: Accepted priority range; higher runs first.
 PRIORITY_RANGE = range(-32768, 32768)
 
@@ -77,6 +82,7 @@ class Job(Generic[P, R]):
         aliases: Sequence[str] = (),
         options: RunOptions | None = None,
         redact: Sequence[str] = (),
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
     ) -> None:
         if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise ConfigurationError(
@@ -88,6 +94,15 @@ class Job(Generic[P, R]):
             raise ConfigurationError(f"job {name!r}: timeout must be positive")
         if priority not in PRIORITY_RANGE:
             raise ConfigurationError(f"job {name!r}: priority must be in [-32768, 32767]")
+        if (
+            isinstance(max_restarts, bool)
+            or not isinstance(max_restarts, int)
+            or not 0 <= max_restarts <= MAX_RESTARTS_LIMIT
+        ):
+            raise ConfigurationError(
+                f"job {name!r}: max_restarts must be an integer from 0 to {MAX_RESTARTS_LIMIT}, "
+                f"got {max_restarts!r}"
+            )
         #: the function as written; ``fn`` is what the worker awaits (a ``def`` job wrapped
         #: to run in a thread, see ``asyncjobs.threads``)
         self.function = fn
@@ -100,6 +115,8 @@ class Job(Generic[P, R]):
         self.max_concurrency = max_concurrency
         self.priority = priority
         self.retry = retry
+        #: restarts after a vanished worker before the run fails (see DEFAULT_MAX_RESTARTS)
+        self.max_restarts = max_restarts
         self.timeout = timeout
         self.aliases = tuple(aliases)
         self.default_options = options or RunOptions()

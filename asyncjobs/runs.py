@@ -46,7 +46,8 @@ class Trigger(enum.StrEnum):
     SCHEDULE = "schedule"
     #: a new attempt after the previous one failed
     RETRY = "retry"
-    #: handed back after a crash, a lost lease or a worker shutdown
+    #: taken back from a worker that vanished (lease expired), or handed back by a worker
+    #: shutting down; neither uses up one of the job's retries
     RESTART = "restart"
     #: triggered by another run (``parent_run_id`` is set)
     CHILD = "child"
@@ -86,6 +87,13 @@ class RunRecord:
     scheduled_at: datetime | None = None
     #: an ``all_nodes`` copy: only this worker may claim it
     target_worker: str | None = None
+    #: attempts that failed and were retried (at most ``max_attempts - 1``, the job's
+    #: ``retries``); ``attempt`` counts every claim: retries, restarts and hand-backs too
+    retries: int = 0
+    #: times the run was taken back from a worker that vanished; past ``max_restarts`` the
+    #: run fails with ``LeaseExpired``
+    restarts: int = 0
+    max_restarts: int = 10
     #: the id of the run's latest event when this record was read, where the read asked for
     #: it (0 otherwise): of two records of one run, the one with the larger version is newer
     version: int = 0

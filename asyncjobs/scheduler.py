@@ -201,6 +201,7 @@ class Scheduler:
             args_json=dumps(state.args),
             priority=options.priority,
             max_attempts=job.retry.max_attempts,
+            max_restarts=job.max_restarts,
             fires=planned.fires,
             next_fire_at=planned.next_fire_at,
             expected=expected,

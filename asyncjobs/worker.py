@@ -9,7 +9,8 @@ Tasks of one worker (all in one asyncio task group):
 * completion and event batchers — flush naturally batched, fenced writes;
 * heartbeat — extends the leases of the runs it still owns, learns which were taken away
   (then it cancels them: a rescued attempt must not go on) and which must be cancelled;
-* sweeper — returns runs whose lease expired to pending and expires overdue pending runs.
+* sweeper — returns runs whose lease expired to pending and expires overdue pending runs;
+* retention — now and then deletes trace trees that finished longer ago than ``retention``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from asyncjobs.app import App
@@ -61,6 +63,12 @@ logger = logging.getLogger(__name__)
 ABORT_GRACE = 1.0
 #: longest wait between two tries while the database fails in an unexpected way
 MAX_ERROR_BACKOFF = 30.0
+#: how long finished trace trees are kept by default (``Worker(retention=...)``)
+DEFAULT_RETENTION = timedelta(days=7)
+#: seconds between two retention passes of one worker, on average (jittered ±50 %)
+RETENTION_INTERVAL = 300.0
+#: trace trees deleted per statement: bounded, so a pass never holds locks for long
+RETENTION_BATCH = 500
 #: the first stops gracefully, a second one at once
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -100,6 +108,8 @@ class WorkerStats:
     fenced_off: int = 0
     leases_lost: int = 0
     rescued_by_sweep: int = 0
+    #: trace trees deleted by this worker's retention passes
+    pruned_trees: int = 0
     claims: int = 0
     #: completions the database refused even alone, stored as ``ResultNotStorable`` failures
     unstorable_completions: int = 0
@@ -126,6 +136,11 @@ class Worker:
     * ``drain_timeout`` (20) — on ``stop()`` / SIGTERM, how long running jobs may finish before
       they are cancelled and handed back as pending (trigger ``restart``, no attempt used);
     * ``poll_interval`` (1) — how often to look for work when no NOTIFY arrives.
+
+    Retention: ``retention`` (7 days; ``None`` turns it off) — trace trees (runs with their
+    events and stored errors) whose runs all finished longer ago are deleted, by one worker at
+    a time (a try-lock: the others skip), ``RETENTION_BATCH`` trees per statement, every
+    ``retention_interval`` seconds or so (300, jittered), never on the claim path.
     """
 
     def __init__(
@@ -145,6 +160,8 @@ class Worker:
         handle_signals: bool = False,
         event_rate: float = DEFAULT_EVENT_RATE,
         event_burst: int = DEFAULT_EVENT_BURST,
+        retention: timedelta | None = DEFAULT_RETENTION,
+        retention_interval: float = RETENTION_INTERVAL,
         **backend_options: Any,
     ) -> None:
         if concurrency < 1:
@@ -155,6 +172,14 @@ class Worker:
             raise ConfigurationError(
                 "sweep_interval and poll_interval must be positive, drain_timeout not negative"
             )
+        if retention is not None and not (
+            isinstance(retention, timedelta) and retention >= timedelta(0)
+        ):
+            raise ConfigurationError(
+                f"retention must be a timedelta of 0 or more, or None (off); got {retention!r}"
+            )
+        if not retention_interval > 0:
+            raise ConfigurationError("retention_interval must be positive")
         self.app = app
         if migrate:
             backend_options["migrate"] = True
@@ -176,6 +201,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
         self.handle_signals = handle_signals
+        self.retention = retention
+        self.retention_interval = retention_interval
         self.stats = WorkerStats()
         self.client = Client(app, self.backend, poll_interval=poll_interval)
         self.client.job_threads = concurrency  # plain `def` jobs: as many threads as slots
@@ -188,6 +215,8 @@ class Worker:
         #: loop time before which this worker does not sweep (see ``_sweep_loop``)
         self._sweep_after = 0.0
         self._wake = asyncio.Event()
+        #: heartbeat now (a NOTIFY said cancellations were asked without listing them)
+        self._beat_now = asyncio.Event()
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -296,6 +325,8 @@ class Worker:
                 ]
                 if self.scheduler.needed:
                     helpers.append(group.create_task(self.scheduler.run(until=self._stopping)))
+                if self.retention is not None:
+                    helpers.append(group.create_task(self._retention_loop(self.retention)))
                 await self._claim_loop()
                 await self.app.hooks.worker("stopping", self)
                 await self._drain()
@@ -398,8 +429,16 @@ class Worker:
         self._wake.clear()
 
     def _on_notification(self, notification: Notification) -> None:
-        if notification.reconnected or notification.queues & set(self.queues):
+        if (
+            notification.reconnected
+            or notification.all_queues
+            or notification.queues & set(self.queues)
+        ):
             self._wake.set()
+        if notification.cancel_many and self._running:
+            # the list was too long to send: the heartbeat returns this worker's runs whose
+            # cancellation was requested
+            self._beat_now.set()
         for run_id in notification.cancel:
             execution = self._running.get(run_id)
             if execution is not None:
@@ -518,8 +557,11 @@ class Worker:
             execution.error = exc
         error = describe_error(exc, record.attempt)
         retry_in = None
-        if retry and record.attempt < record.max_attempts and job.retry.should_retry(exc):
-            retry_in = job.retry.delay(record.attempt)
+        # retries, not attempt: restarts after a crash and shutdown hand-backs also count as
+        # attempts (claims), but they are not the job's failures
+        failures = record.retries + 1
+        if retry and failures < record.max_attempts and job.retry.should_retry(exc):
+            retry_in = job.retry.delay(failures)
             self.stats.retried += 1
             logger.info(
                 "run %d (%s) attempt %d failed, retrying in %.2f s: %s",
@@ -617,7 +659,10 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         trouble = _Trouble(f"worker {self.id}: heartbeat")
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.heartbeat_interval):
+                    await self._beat_now.wait()
+            self._beat_now.clear()
             owned = [(e.record.id, e.record.attempt) for e in self._running.values()]
             owned += self._finishing.items()
             try:
@@ -667,8 +712,11 @@ class Worker:
         after a server restart, see the ``sweep`` query), so an outage costs no attempts.
         """
         trouble = _Trouble(f"worker {self.id}: sweeping")
+        full = False
         while True:
-            await asyncio.sleep(self.sweep_interval * random.uniform(0.5, 1.0))
+            if not full:  # a full batch: more expired leases wait, sweep again at once
+                await asyncio.sleep(self.sweep_interval * random.uniform(0.5, 1.0))
+            full = False
             if self._outage or asyncio.get_running_loop().time() < self._sweep_after:
                 continue
             try:
@@ -678,9 +726,30 @@ class Worker:
                 self._outage |= isinstance(exc, DatabaseUnavailable)
                 continue
             trouble.ok()
+            full = result.full
             self.stats.rescued_by_sweep += result.restarted + result.failed
             if result.restarted or result.failed or result.expired:
                 logger.warning("sweep: %s", result)
+
+    async def _retention_loop(self, retention: timedelta) -> None:
+        """Delete old trace trees now and then. Every worker runs this loop; the ``prune``
+        statement's try-lock lets one delete at a time and the others skip at no cost, and
+        the jitter keeps workers started together apart."""
+        trouble = _Trouble(f"worker {self.id}: retention")
+        while True:
+            await asyncio.sleep(self.retention_interval * random.uniform(0.5, 1.5))
+            if self._outage:
+                continue
+            try:
+                result = await self.client.prune(retention, batch_size=RETENTION_BATCH)
+            except DatabaseError as exc:
+                trouble.failed(exc)
+                self._outage |= isinstance(exc, DatabaseUnavailable)
+                continue
+            trouble.ok()
+            self.stats.pruned_trees += result.trees
+            if result.trees:
+                logger.info("retention: deleted %s", result)
 
 
 class _Trouble:

@@ -83,26 +83,25 @@ crash_app = App("crash")
 crash_app.queue("crash", max_concurrency=4)
 crash_app.queue("free")
 
-#: a crash costs an attempt (a job that kills its worker must not loop forever): plenty of
-#: them, and short backoffs, so that every run ends up succeeding despite 100 kills
-CRASH_RETRIES = 40
+# Default job options: a crash is a restart (up to max_restarts, 10), not a retry, so no run
+# needs retries to get through 100 kills. crash_queue has exactly the one retry its planned
+# failure needs: were a crash to spend it, that run would fail.
 
 
-@crash_app.job(
-    queue="crash", max_concurrency=2, retries=CRASH_RETRIES, backoff_base=0.05, backoff_cap=0.2
-)
+@crash_app.job(queue="crash", max_concurrency=2)
 async def crash_pair(ctx: Context, sleep_ms: int) -> int:
     """Limited to 2 running, inside the queue limit of 4."""
     return await _record(ctx, sleep_ms, fail=False)
 
 
-@crash_app.job(queue="crash", retries=CRASH_RETRIES, backoff_base=0.05, backoff_cap=0.2)
+@crash_app.job(queue="crash", retries=1, backoff_base=0.05, backoff_cap=0.2)
 async def crash_queue(ctx: Context, sleep_ms: int, fail_first: bool = False) -> int:
-    """Unlimited itself, limited by its queue; ``fail_first`` makes attempt 1 raise."""
-    return await _record(ctx, sleep_ms, fail=fail_first and ctx.attempt == 1)
+    """Unlimited itself, limited by its queue; ``fail_first`` makes the first execution that
+    gets to its end raise (however many crashes came before it)."""
+    return await _record(ctx, sleep_ms, fail=fail_first and ctx.run.retries == 0)
 
 
-@crash_app.job(queue="free", retries=CRASH_RETRIES, backoff_base=0.05, backoff_cap=0.2)
+@crash_app.job(queue="free")
 async def crash_free(ctx: Context, sleep_ms: int) -> int:
     """No limit: keeps every worker busy, so that most kills hit running jobs."""
     return await _record(ctx, sleep_ms, fail=False)
@@ -125,5 +124,12 @@ async def stall(ctx: Context, first_ms: int, later_ms: int) -> str:
 @proc_app.job
 async def nap(seconds: float) -> str:
     """Sleeps, then says who finished it (no retries: one attempt)."""
+    await asyncio.sleep(seconds)
+    return f"pid {os.getpid()}"
+
+
+@proc_app.job(max_restarts=0)
+async def fragile_nap(seconds: float) -> str:
+    """``nap`` that is never restarted after a crash."""
     await asyncio.sleep(seconds)
     return f"pid {os.getpid()}"

@@ -102,8 +102,9 @@ async def test_waiting_for_a_retry_backoff(client: Client) -> None:
     explanation = await explained(client, run.id)
     assert explanation.codes == [ReasonCode.RETRY_BACKOFF]
     reason = explanation.reasons[0]
-    assert (reason.data["attempt"], reason.data["max_attempts"]) == (1, 3)
-    assert "attempt 1 of 3 failed (ValueError: boom)" in reason.message
+    data = reason.data
+    assert (data["attempt"], data["retries"], data["max_attempts"]) == (1, 1, 3)
+    assert "retry 1 of 2 after it failed (ValueError: boom)" in reason.message
     assert (await client.get_run(run.id)).trigger is Trigger.RETRY
 
 

@@ -218,10 +218,10 @@ async def test_prune_deletes_old_finished_trees_and_keeps_active_ones(dsn: str) 
         assert await client.get_events(active.id)
 
 
-async def test_the_dashboard_prunes_on_its_retention_schedule(dsn: str) -> None:
+async def test_workers_prune_on_their_retention_schedule(dsn: str) -> None:
     app = _tree_app()
-    board = app.asgi(dsn, retention=timedelta(0), retention_interval=0.05)
-    async with app.client(dsn) as client, app.worker(dsn, concurrency=4), board.lifespan():
+    worker = app.worker(dsn, concurrency=4, retention=timedelta(0), retention_interval=0.05)
+    async with app.client(dsn) as client, worker:
         run = await client.trigger_async("root")
         await run.result(timeout=20)
 

@@ -307,7 +307,8 @@ def test_kills_in_bounded_time(outcome: Outcome) -> None:
 def test_every_run_terminal_and_none_lost(outcome: Outcome) -> None:
     assert len(outcome.runs) == outcome.triggered, _context(outcome)
     statuses = Counter(r["status"] for r in outcome.runs)
-    # 40 retries per run: every run gets through 100 kills and its planned failure
+    # default options: every run gets through 100 kills (restarts, not retries), and
+    # crash_queue's one retry through its planned failure
     assert statuses == {"succeeded": outcome.triggered}, _context(outcome)
     assert not outcome.unreleased, f"attempts never released: {outcome.unreleased[:10]}"
 
@@ -351,6 +352,12 @@ def test_crashes_were_rescued_and_failures_retried(outcome: Outcome) -> None:
         assert "LeaseExpired" in by_run[attempt.run_id]
     for attempt in retried:
         assert "RuntimeError" in by_run[attempt.run_id]
+    # the counters agree with the errors: one restart per rescue, retries only for failures
+    for run in outcome.runs:
+        types = by_run[run["id"]]
+        assert run["restarts"] == types.count("LeaseExpired"), run
+        assert run["retries"] == types.count("RuntimeError") <= 1, run
+    assert max(r["restarts"] for r in outcome.runs) >= 1
 
 
 def _alive(attempts: Iterable[Attempt]) -> list[tuple[datetime, datetime]]:

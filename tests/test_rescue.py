@@ -17,7 +17,7 @@ from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.embedded import EmbeddedPostgres
 from asyncjobs.jobs import Job
 from asyncjobs.worker import Worker
-from tests.fault_apps import nap, proc_app, stall
+from tests.fault_apps import fragile_nap, nap, proc_app, stall
 from tests.faults import db_now, embedded_server, eventually, new_database, start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -45,7 +45,9 @@ async def backend(dsn: str) -> AsyncIterator[PostgresBackend]:
 
 
 @pytest.mark.parametrize(
-    ("job", "after"), [(stall, "pending"), (nap, "failed")], ids=["retries-left", "no-retries"]
+    ("job", "after"),
+    [(stall, "pending"), (nap, "pending"), (fragile_nap, "failed")],
+    ids=["retries", "no-retries", "no-restarts"],
 )
 async def test_crashed_run_is_rescued_within_lease_plus_sweep_interval(
     server: EmbeddedPostgres, tmp_path: Path, job: Job[..., str], after: str
@@ -63,6 +65,7 @@ async def test_crashed_run_is_rescued_within_lease_plus_sweep_interval(
     try:
         async with sweeper, proc_app.client(dsn) as client:
             arguments = {"first_ms": 60_000, "later_ms": 10} if job is stall else {"seconds": 60}
+            # a crash is a restart: nap has no retries, yet it is restarted
             run = await client.trigger_async(job, **arguments)
 
             async def running() -> bool:
@@ -84,6 +87,10 @@ async def test_crashed_run_is_rescued_within_lease_plus_sweep_interval(
             assert record.trigger.value == "restart" and record.attempt == 1
             assert [e["type"] for e in record.errors] == ["LeaseExpired"]
             assert "crashing" in record.errors[0]["message"]
+            assert record.retries == 0
+            assert record.restarts == (1 if after == "pending" else 0)
+            if after == "failed":
+                assert "max_restarts 0" in record.errors[0]["message"]
 
             # never before the lease ended; at most lease + sweep_interval after the crash
             assert rescue.at >= lease_end
@@ -103,7 +110,7 @@ async def test_crashed_run_is_rescued_within_lease_plus_sweep_interval(
                 return bool(gone)
 
             await eventually(row_removed, what="dead worker row removed")
-            if after == "pending":
+            if job is stall:
                 # the next claim is attempt 2, and its result stands
                 async with _worker(dsn):
                     assert await run.result(timeout=10) == f"attempt 2 pid {os.getpid()}"
@@ -196,7 +203,7 @@ async def test_no_rescue_for_a_lease_after_the_server_restarted(server: Embedded
     backend = PostgresBackend(dsn)
     await backend.open()
     try:
-        (enqueued,) = await backend.enqueue([NewRun("j", "default", "{}")])
+        (enqueued,) = await backend.enqueue([NewRun("j", "default", "{}", max_restarts=0)])
         assert len(await backend.claim("w", ["default"], ["j"], 1, 0.1)) == 1
         await server.arestart()
         conn = await asyncpg.connect(dsn)

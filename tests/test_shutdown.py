@@ -80,15 +80,16 @@ async def test_a_job_outlasting_the_drain_timeout_is_handed_back_without_using_a
         worker.proc.send_signal(signal.SIGTERM)
         assert await worker.exited(10) == 0, worker.output()
         record = await client.get_run(run_id)
-        # nap has no retries (max_attempts 1): the hand-back grants the attempt it took back
+        # nap has no retries (max_attempts 1): a hand-back is neither a retry nor a restart
         assert (record.status, record.trigger) == (RunStatus.PENDING, Trigger.RESTART)
-        assert (record.attempt, record.max_attempts) == (1, 2)
+        assert (record.attempt, record.retries, record.restarts) == (1, 0, 0)
+        assert record.max_attempts == 1
         assert record.worker_id is None and record.errors == []
         assert [e.kind for e in await client.get_events(run_id)][-1] == "pending"
         assert "handed_back=1" in worker.output()
-        # the next claim is attempt 2 of 2: the run still gets its one real try
+        # the next claim is attempt 2 with no retry used: the run still gets its one real try
         (claimed,) = await client.backend.claim("next", ["default"], ["nap"], 1, 30)
-        assert (claimed.id, claimed.attempt, claimed.max_attempts) == (run_id, 2, 2)
+        assert (claimed.id, claimed.attempt, claimed.retries) == (run_id, 2, 0)
     finally:
         worker.stop_now()
 
@@ -103,10 +104,8 @@ async def test_a_second_signal_stops_at_once(dsn: str, client: Client, tmp_path:
         assert await worker.exited(5) == 0, worker.output()
         assert "second signal: stopping at once" in worker.output()
         record = await client.get_run(run_id)
-        assert (record.status, record.trigger, record.max_attempts) == (
-            RunStatus.PENDING,
-            Trigger.RESTART,
-            2,
-        )
+        # drain, then abort: handed back without spending a retry or a restart
+        assert (record.status, record.trigger) == (RunStatus.PENDING, Trigger.RESTART)
+        assert (record.retries, record.restarts, record.max_attempts) == (0, 0, 1)
     finally:
         worker.stop_now()

@@ -32,6 +32,7 @@ class NewRun:
     parent_run_id: int | None = None
     root_run_id: int | None = None
     trigger: Trigger = Trigger.USER
+    max_restarts: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class ScheduleFire:
     #: an all_nodes copy: only this worker may claim the runs, which expire after ``expires``
     target_worker: str | None = None
     expires: timedelta | None = None
+    max_restarts: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,8 @@ class Completion:
     error: dict[str, Any] | None = None
     #: seconds until the next attempt; the run goes back to pending (trigger ``retry``)
     retry_in: float | None = None
-    #: back to pending without using up an attempt (graceful shutdown)
+    #: back to pending (trigger ``restart``, graceful shutdown); counts as neither a retry
+    #: nor a restart
     handback: bool = False
 
 
@@ -99,6 +102,8 @@ class SweepResult:
     failed: int = 0
     expired: int = 0
     workers_removed: int = 0
+    #: a batch was full: more may be waiting, sweep again at once
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,10 @@ class Notification:
     many_done: bool = False
     #: running runs whose cancellation was requested
     cancel: frozenset[int] = frozenset()
+    #: too many cancellations to list; workers must ask (a heartbeat answers it)
+    cancel_many: bool = False
+    #: too many queues to list; every claimer should look for work
+    all_queues: bool = False
     #: new run events were written
     events: bool = False
     #: the listener reconnected: anything may have been missed, catch up by polling

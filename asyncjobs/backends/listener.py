@@ -41,6 +41,8 @@ def parse_notification(payload: str) -> Notification:
         done=frozenset(data.get("done") or ()),
         many_done=bool(data.get("many")),
         cancel=frozenset(data.get("cancel") or ()),
+        cancel_many=bool(data.get("cancel_many")),
+        all_queues=bool(data.get("all_queues")),
         events=True,
     )
 

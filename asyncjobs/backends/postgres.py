@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
     _Connection = asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]
 
 Q = sql.QUERIES
+#: runs rescued (and, separately, expired) per sweep statement; a full batch sweeps again
+SWEEP_BATCH = 500
 
 # Check constraints whose violation means the caller passed something wrong.
 _INPUT_CONSTRAINTS = {
@@ -77,6 +80,12 @@ _INVARIANT_CONSTRAINTS = frozenset(
         "runs_terminal_has_finish",
         "runs_attempt_check",
         "runs_max_attempts_check",
+        "runs_retries_check",
+        "runs_restarts_check",
+        # max_restarts is checked when the job is declared (asyncjobs.jobs.Job)
+        "runs_max_restarts_check",
+        # compatible_from is written by migrate() from the migration files' header lines
+        "schema_version_check",
         "runs_progress_check",
         "queues_max_concurrency_check",
         "jobs_max_concurrency_check",
@@ -155,6 +164,48 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+#: Key of the migration lock, a transaction-scoped advisory lock (safe behind PgBouncer).
+_MIGRATE_LOCK = "asyncjobs:migrate"
+
+
+async def apply_migrations(conn: _Connection, migrations: Sequence[sql.Migration]) -> int:
+    """Bring the database up to the last of ``migrations`` in one transaction; returns its
+    schema version afterwards (higher than ours when a newer deploy migrated it already).
+
+    The advisory lock is taken before anything is read, so concurrent migrators (several
+    processes starting at once, fresh database included: the lock needs no schema) run one
+    after the other, and the later ones find nothing left to do.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _MIGRATE_LOCK)
+        if not await conn.fetchval(Q["schema_installed"].text):
+            logger.info("installing the asyncjobs schema (version %d)", migrations[-1].version)
+            await conn.execute(sql.SCHEMA)
+            pending = [m for m in migrations if m.version > sql.SCHEMA_VERSION]
+        else:
+            current = await conn.fetchval(Q["schema_version"].text) or 0
+            pending = [m for m in migrations if m.version > current]
+        for migration in pending:
+            logger.info("applying migration %04d_%s", migration.version, migration.name)
+            await conn.execute(migration.text)
+        # the header lines are the source of the compatibility of each version; older
+        # migrations recorded before the column existed are filled in too
+        await conn.execute(
+            Q["record_compatibility"].text,
+            [m.version for m in migrations],
+            [m.compatible_from for m in migrations],
+        )
+        version: int = await conn.fetchval(Q["schema_version"].text)
+        return version
+
+
+async def _applied_migrations(conn: _Connection) -> list[tuple[int, int | None]]:
+    if not await conn.fetchval(Q["schema_installed"].text):
+        return []
+    rows = await conn.fetch(Q["applied_migrations"].text)
+    return [(row["version"], row["compatible_from"]) for row in rows]
+
+
 def _raise_first_duplicate(runs: Sequence[NewRun], results: Sequence[Enqueued]) -> None:
     for run, result in zip(runs, results, strict=True):
         if not result.created and run.dedup_id is not None:
@@ -176,8 +227,13 @@ def _event(row: asyncpg.Record) -> RunEvent:
     )
 
 
+#: Columns of ``runs`` this code knows; a column added by a newer, compatible migration
+#: (a rolling deploy) is ignored rather than breaking every read.
+_RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord))
+
+
 def _record(row: asyncpg.Record) -> RunRecord:
-    data = dict(row)
+    data = {key: value for key, value in row.items() if key in _RUN_FIELDS}
     data["status"] = RunStatus(data["status"])
     data["trigger"] = Trigger(data["trigger"])
     return RunRecord(**data)
@@ -263,34 +319,31 @@ class PostgresBackend:
         return self._pool
 
     async def migrate(self) -> int:
-        """Install the schema (fresh database) or apply the missing migrations, in one
-        transaction under an advisory lock, so concurrent starters cannot both migrate."""
+        """Install the schema (fresh database) or apply the missing migrations; returns the
+        database's schema version afterwards (see ``apply_migrations``)."""
         with translate_errors():
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "asyncjobs:migrate"
-                )
-                if not await conn.fetchval(Q["schema_installed"].text):
-                    logger.info("installing the asyncjobs schema (version %d)", sql.SCHEMA_VERSION)
-                    await conn.execute(sql.SCHEMA)
-                    self.migrated_from = 0
-                    return sql.SCHEMA_VERSION
-                current = await conn.fetchval(Q["schema_version"].text)
-                self.migrated_from = current
-                for migration in sql.MIGRATIONS[current:]:
-                    logger.info("applying migration %04d_%s", migration.version, migration.name)
-                    await conn.execute(migration.text)
-        return sql.SCHEMA_VERSION
+            async with self.pool.acquire() as conn:
+                return await apply_migrations(conn, sql.MIGRATIONS)
 
     async def _check_schema(self) -> None:
-        installed = await self._fetchval("schema_installed")
-        version = await self._fetchval("schema_version") if installed else None
-        if version != sql.SCHEMA_VERSION:
-            found = "not installed" if version is None else f"at version {version}"
-            raise SchemaMismatch(
-                f"the asyncjobs schema is {found}, this code needs version "
-                f"{sql.SCHEMA_VERSION}: run `asyncjobs migrate` (or open with migrate=True)"
-            )
+        """Refuse a database this code cannot work with: not installed, older than the code,
+        or migrated past it by a migration that does not declare compatibility with it."""
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                applied = await _applied_migrations(conn)
+        problem = sql.incompatibility(sql.SCHEMA_VERSION, applied)
+        if problem is None:
+            return
+        current = max((version for version, _ in applied), default=0)
+        fix = (
+            "run `asyncjobs migrate` (or open with migrate=True)"
+            if current < sql.SCHEMA_VERSION
+            else "deploy a newer asyncjobs to this process"
+        )
+        raise SchemaMismatch(
+            f"the asyncjobs schema is {problem}; this code needs schema version "
+            f"{sql.SCHEMA_VERSION} or a newer one compatible with it: {fix}"
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -371,6 +424,7 @@ class PostgresBackend:
                 [r.parent_run_id for r in runs],
                 [r.root_run_id for r in runs],
                 [r.trigger.value for r in runs],
+                [r.max_restarts for r in runs],
             )
 
     async def _enqueue_on(
@@ -458,9 +512,13 @@ class PostgresBackend:
         )
 
     async def sweep(self, worker_ttl_seconds: float) -> SweepResult:
-        row = await self._fetchrow("sweep", timedelta(seconds=worker_ttl_seconds))
+        row = await self._fetchrow(
+            "sweep", timedelta(seconds=worker_ttl_seconds), SWEEP_BATCH
+        )
         assert row is not None
-        return SweepResult(row["restarted"], row["failed"], row["expired"], row["workers_removed"])
+        return SweepResult(
+            row["restarted"], row["failed"], row["expired"], row["workers_removed"], row["full"]
+        )
 
     async def cancel(self, run_id: int, cascade: bool) -> list[tuple[int, RunStatus]]:
         rows = await self._fetch("cancel_runs", run_id, cascade)
@@ -590,6 +648,7 @@ class PostgresBackend:
             fire.expires,
             list(fire.fires),
             fire.max_attempts,
+            fire.max_restarts,
         )
         assert row is not None  # the statement always returns one row
         return FireResult(row["advanced"], tuple(row["run_ids"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
@@ -12,6 +13,8 @@ Returns = Literal["one", "many", "exec"]
 
 _HEADER = re.compile(r"^-- name: (\w+) :(one|many|exec)\s*$", re.MULTILINE)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+#: A migration's header line naming the oldest code version that still works after it.
+_COMPATIBLE = re.compile(r"^-- compatible-with-code: (\d+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +26,18 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One ``migrations/NNNN_name.sql`` file.
+
+    ``compatible_from`` comes from the file's ``-- compatible-with-code: N`` line: code built
+    for schema version ``N`` or newer keeps working on a database this migration was applied
+    to (an *additive* migration: new tables, nullable or defaulted columns, indexes,
+    functions). Without the line it is the migration's own version: older code must stop.
+    """
+
     version: int
     name: str
     text: str
+    compatible_from: int
 
 
 def _read(name: str) -> str:
@@ -56,11 +68,47 @@ def load_migrations() -> tuple[Migration, ...]:
         match = _MIGRATION_NAME.match(entry.name)
         if match is None:
             raise ValueError(f"migration file {entry.name!r} is not named NNNN_name.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+        found.append(_migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
     if [m.version for m in found] != list(range(1, len(found) + 1)):
         raise ValueError("migration versions must run 1, 2, 3, ... without gaps")
     return tuple(found)
+
+
+def _migration(version: int, name: str, text: str) -> Migration:
+    headers = _COMPATIBLE.findall(text)
+    if len(headers) > 1:
+        raise ValueError(f"migration {version:04d}_{name}: more than one compatible-with-code")
+    compatible_from = int(headers[0]) if headers else version
+    if not 1 <= compatible_from <= version:
+        raise ValueError(
+            f"migration {version:04d}_{name}: compatible-with-code must be 1 to {version}"
+        )
+    return Migration(version, name, text, compatible_from)
+
+
+def incompatibility(code_version: int, applied: Sequence[tuple[int, int | None]]) -> str | None:
+    """Why code built for schema ``code_version`` cannot use a database whose applied
+    migrations are ``applied`` ((version, compatible_from) pairs; ``None`` is the version
+    itself), or ``None`` when it can: the database is at ``code_version``, or every
+    migration above it declares compatibility with it (a rolling deploy).
+    """
+    if not applied:
+        return "not installed"
+    current = max(version for version, _ in applied)
+    if current < code_version:
+        return f"at version {current}, older than this code (version {code_version})"
+    blocking = sorted(
+        version
+        for version, compatible_from in applied
+        if version > code_version and (compatible_from or version) > code_version
+    )
+    if blocking:
+        return (
+            f"at version {current}; migration {blocking[0]} is not compatible with this "
+            f"code (version {code_version})"
+        )
+    return None
 
 
 QUERIES = parse_queries(_read("queries.sql"))

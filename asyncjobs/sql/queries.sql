@@ -11,6 +11,20 @@ SELECT to_regclass('asyncjobs.schema_version') IS NOT NULL;
 -- The highest applied schema version.
 SELECT max(version) FROM asyncjobs.schema_version;
 
+-- name: applied_migrations :many
+-- Every applied schema version and the oldest code version that still works with it (see
+-- asyncjobs.sql.incompatibility). The column comes with version 4; read through to_jsonb, a
+-- database from before it answers NULL instead of failing.
+SELECT version, (to_jsonb(v) ->> 'compatible_from')::integer AS compatible_from
+  FROM asyncjobs.schema_version v
+ ORDER BY version;
+
+-- name: record_compatibility :exec
+-- Store the compatibility each migration file declares ($1 versions, $2 compatible_from).
+UPDATE asyncjobs.schema_version v SET compatible_from = u.compatible_from
+  FROM unnest($1::integer[], $2::integer[]) AS u(version, compatible_from)
+ WHERE v.version = u.version AND v.compatible_from IS DISTINCT FROM u.compatible_from;
+
 -- name: register_definitions :exec
 -- Upsert queues and jobs with their limits on worker start; `enabled` is left as it is.
 WITH queues AS (
@@ -36,15 +50,16 @@ WITH input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, u.*
       FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[],
                   $6::timestamptz[], $7::text[], $8::integer[], $9::bigint[], $10::bigint[],
-                  $11::asyncjobs.run_trigger[])
+                  $11::asyncjobs.run_trigger[], $12::integer[])
            WITH ORDINALITY AS u(job, queue, args, priority, not_before, not_after, dedup_id,
-                                max_attempts, parent_run_id, root_run_id, trigger, ord)
+                                max_attempts, parent_run_id, root_run_id, trigger,
+                                max_restarts, ord)
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, not_before, not_after, dedup_id,
-                                max_attempts, parent_run_id, root_run_id, trigger)
+                                max_attempts, parent_run_id, root_run_id, trigger, max_restarts)
     SELECT id, job, queue, args, priority, coalesce(not_before, now()), not_after, dedup_id,
-           max_attempts, parent_run_id, coalesce(root_run_id, id), trigger
+           max_attempts, parent_run_id, coalesce(root_run_id, id), trigger, max_restarts
       FROM input ORDER BY ord
     ON CONFLICT (job, dedup_id) WHERE dedup_id IS NOT NULL AND status IN ('pending', 'running')
     DO NOTHING
@@ -59,8 +74,7 @@ created AS (
       FROM inserted
 ),
 notified AS (
-    SELECT pg_notify('asyncjobs', json_build_object(
-               'queues', array_agg(DISTINCT queue) FILTER (WHERE not_before <= now()))::text)
+    SELECT asyncjobs.notify(array_agg(DISTINCT queue) FILTER (WHERE not_before <= now()))
       FROM inserted HAVING count(*) > 0
 )
 SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
@@ -79,8 +93,9 @@ SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5);
 -- name: complete_runs :many
 -- Finish a batch of runs, fenced: a row changes only while (id, attempt, worker) still owns it
 -- and it is still running; the ids returned are the accepted ones. A row with retry_in set goes
--- back to pending for another attempt (trigger 'retry'); `handback` rows return to pending
--- without using up an attempt (graceful shutdown).
+-- back to pending for another attempt (trigger 'retry', one more of `retries`); `handback` rows
+-- return to pending (trigger 'restart', graceful shutdown) and count as neither a retry nor a
+-- restart.
 WITH input AS (
     SELECT * FROM unnest($2::bigint[], $3::integer[], $4::asyncjobs.run_status[], $5::jsonb[],
                          $6::jsonb[], $7::float8[], $8::boolean[])
@@ -93,7 +108,7 @@ done AS (
                           WHEN i.handback THEN 'restart' ELSE r.trigger END,
            not_before = CASE WHEN i.retry_in IS NOT NULL
                              THEN now() + make_interval(secs => i.retry_in) ELSE r.not_before END,
-           max_attempts = r.max_attempts + CASE WHEN i.handback THEN 1 ELSE 0 END,
+           retries = r.retries + CASE WHEN i.retry_in IS NOT NULL THEN 1 ELSE 0 END,
            finished_at = CASE WHEN i.retry_in IS NOT NULL OR i.handback THEN NULL ELSE now() END,
            worker_id = NULL, lease_expires_at = NULL,
            result = i.result,
@@ -123,13 +138,10 @@ events AS (
       FROM done
 ),
 notified AS (
-    SELECT pg_notify('asyncjobs', json_build_object(
-               'done', CASE WHEN count(*) FILTER (WHERE status <> 'pending') <= 400
-                            THEN array_agg(id) FILTER (WHERE status <> 'pending') END,
-               'many', count(*) FILTER (WHERE status <> 'pending') > 400,
-               'queues', (SELECT array_agg(queue) FROM (
-                              SELECT queue FROM done WHERE status = 'pending'
-                              UNION SELECT queue FROM freed) wake))::text)
+    SELECT asyncjobs.notify((SELECT array_agg(queue) FROM (
+                                 SELECT queue FROM done WHERE status = 'pending'
+                                 UNION SELECT queue FROM freed) wake),
+                            array_agg(id) FILTER (WHERE status <> 'pending'))
       FROM done HAVING count(*) > 0
 )
 SELECT d.id FROM done d LEFT JOIN notified ON true;
@@ -153,33 +165,41 @@ SELECT (SELECT count(*) FROM alive) > 0 AS registered,
   FROM extended;
 
 -- name: sweep :one
--- Rescue runs whose lease expired (judged by the database clock): back to pending for another
--- attempt (trigger 'restart'), or failed when no attempt is left, or cancelled when that was
--- asked. Expire pending runs past not_after. SKIP LOCKED makes concurrent sweepers split the
--- work: each run is rescued exactly once. Also drops workers silent for more than $1.
+-- Rescue runs whose lease expired (judged by the database clock). A crash is a restart, not a
+-- retry: the run goes back to pending (trigger 'restart', restarts + 1) without touching the
+-- job's retries, until it was restarted max_restarts times; then it fails with LeaseExpired.
+-- Cancelled instead when that was asked. Expire pending runs past not_after. At most $2 runs
+-- of each kind per call (`full` says a batch was full: sweep again). SKIP LOCKED makes
+-- concurrent sweepers split the work: each run is rescued exactly once. Also drops workers
+-- silent for more than $1.
 -- For $1 (the sweeper's lease) after the server (re)started nothing is rescued or dropped:
--- while it was down no worker could heartbeat, and a database restart must not cost attempts.
+-- while it was down no worker could heartbeat, and a database restart must not cost restarts.
 WITH settled AS (
     SELECT pg_postmaster_start_time() < now() - $1::interval AS ok
 ),
 stale AS (
-    SELECT id, jsonb_build_object(
+    SELECT id, restarts < max_restarts AS restart, jsonb_build_object(
                'type', 'LeaseExpired', 'attempt', attempt, 'traceback', '',
                'message', 'worker ' || worker_id || ' stopped heartbeating (lease expired at '
-                          || lease_expires_at || ')') AS error
+                          || lease_expires_at || ')'
+                          || CASE WHEN restarts >= max_restarts
+                                  THEN '; not restarted again: it was restarted ' || restarts
+                                       || ' times (max_restarts ' || max_restarts || ')'
+                                  ELSE '' END) AS error
       FROM asyncjobs.runs
      WHERE status = 'running' AND lease_expires_at < now() AND (SELECT ok FROM settled)
-     ORDER BY lease_expires_at LIMIT 500
+     ORDER BY lease_expires_at LIMIT $2
        FOR UPDATE SKIP LOCKED
 ),
 rescued AS (
     UPDATE asyncjobs.runs r
        SET status = CASE WHEN r.cancel_requested THEN 'cancelled'
-                         WHEN r.attempt < r.max_attempts THEN 'pending'
+                         WHEN stale.restart THEN 'pending'
                          ELSE 'failed' END::asyncjobs.run_status,
+           restarts = r.restarts + CASE WHEN stale.restart AND NOT r.cancel_requested
+                                        THEN 1 ELSE 0 END,
            trigger = 'restart',
-           finished_at = CASE WHEN r.cancel_requested OR r.attempt >= r.max_attempts
-                              THEN now() END,
+           finished_at = CASE WHEN r.cancel_requested OR NOT stale.restart THEN now() END,
            error = stale.error,
            errors = r.errors || stale.error,
            worker_id = NULL, lease_expires_at = NULL
@@ -190,7 +210,7 @@ rescued AS (
 overdue AS (
     SELECT id FROM asyncjobs.runs
      WHERE status = 'pending' AND not_after IS NOT NULL AND not_after <= now()
-     ORDER BY not_after LIMIT 500
+     ORDER BY not_after LIMIT $2
        FOR UPDATE SKIP LOCKED
 ),
 expired AS (
@@ -214,15 +234,15 @@ gone_workers AS (
     RETURNING id
 ),
 notified AS (
-    SELECT pg_notify('asyncjobs', json_build_object(
-               'done', array_agg(id) FILTER (WHERE status <> 'pending'),
-               'queues', array_agg(DISTINCT queue) FILTER (WHERE status = 'pending'))::text)
+    SELECT asyncjobs.notify(array_agg(DISTINCT queue) FILTER (WHERE status = 'pending'),
+                            array_agg(id) FILTER (WHERE status <> 'pending'))
       FROM changed HAVING count(*) > 0
 )
 SELECT (SELECT count(*) FROM rescued WHERE status = 'pending') AS restarted,
        (SELECT count(*) FROM rescued WHERE status <> 'pending') AS failed,
        (SELECT count(*) FROM expired) AS expired,
        (SELECT count(*) FROM gone_workers) AS workers_removed,
+       (SELECT count(*) FROM stale) >= $2 OR (SELECT count(*) FROM overdue) >= $2 AS full,
        (SELECT count(*) FROM notified) AS notified;
 
 -- name: cancel_runs :many
@@ -256,9 +276,8 @@ events AS (
       FROM cancelled
 ),
 notified AS (
-    SELECT pg_notify('asyncjobs', json_build_object(
-               'done', array_agg(id) FILTER (WHERE status = 'cancelled'),
-               'cancel', array_agg(id) FILTER (WHERE status = 'running'))::text)
+    SELECT asyncjobs.notify(NULL, array_agg(id) FILTER (WHERE status = 'cancelled'),
+                            array_agg(id) FILTER (WHERE status = 'running'))
       FROM cancelled HAVING count(*) > 0
 )
 SELECT c.id, c.status FROM cancelled c LEFT JOIN notified ON true;
@@ -436,9 +455,10 @@ input AS (
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, max_attempts, root_run_id,
-                                trigger, schedule, scheduled_at, target_worker, not_after)
+                                trigger, schedule, scheduled_at, target_worker, not_after,
+                                max_restarts)
     SELECT id, $7::text, $8::text, $9::jsonb, $10::smallint, $14::integer, id, 'schedule', $1,
-           fire_at, $11::text, fire_at + $12::interval
+           fire_at, $11::text, fire_at + $12::interval, $15::integer
       FROM input ORDER BY fire_at
     ON CONFLICT (schedule, scheduled_at, target_worker) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING id, root_run_id, job, queue, trigger, schedule, scheduled_at, target_worker
@@ -452,8 +472,7 @@ created AS (
       FROM inserted
 ),
 notified AS (
-    SELECT pg_notify('asyncjobs', json_build_object('queues', array_agg(DISTINCT queue))::text)
-      FROM inserted HAVING count(*) > 0
+    SELECT asyncjobs.notify(array_agg(DISTINCT queue)) FROM inserted HAVING count(*) > 0
 )
 SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
        coalesce((SELECT array_agg(i.id ORDER BY i.id)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 
 from asyncjobs.backends.base import Backend
-from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.web.broadcast import Broadcaster
 from asyncjobs.web.http import EXCEPTION_HANDLERS
 from asyncjobs.web.routes import Api
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from asyncjobs.app import App
     from asyncjobs.client import Client
 
-logger = logging.getLogger(__name__)
 
 
 class DashboardState:
@@ -44,7 +41,6 @@ class DashboardState:
         self._dsn = dsn
         self._client: Client | None = None
         self._broadcaster: Broadcaster | None = None
-        self._retention: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -71,16 +67,10 @@ class DashboardState:
             )
             await broadcaster.start()
             self._client, self._broadcaster = client, broadcaster
-            if self.settings.retention is not None:
-                self._retention = asyncio.create_task(self._prune_loop(), name="asyncjobs-prune")
 
     async def stop(self) -> None:
         async with self._lock:
             client, self._client = self._client, None
-            if self._retention is not None:
-                self._retention.cancel()
-                await asyncio.gather(self._retention, return_exceptions=True)
-                self._retention = None
             if self._broadcaster is not None:
                 await self._broadcaster.stop()  # ends every open stream
             if client is not None:
@@ -90,20 +80,6 @@ class DashboardState:
         """End every open SSE stream now (before a server shuts down)."""
         if self._broadcaster is not None:
             self._broadcaster.end_all("shutdown")
-
-    async def _prune_loop(self) -> None:
-        retention = self.settings.retention
-        assert retention is not None and self._client is not None
-        while True:
-            try:
-                result = await self._client.prune(retention)
-                if result.trees:
-                    logger.info("retention: deleted %s", result)
-            except DatabaseUnavailable as exc:
-                logger.warning("retention: database unavailable: %s", exc)
-            except Exception:
-                logger.exception("retention: prune failed")
-            await asyncio.sleep(self.settings.retention_interval)
 
 
 class Dashboard:

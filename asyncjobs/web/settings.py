@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from asyncjobs.errors import ConfigurationError
 from asyncjobs.feed import DEFAULT_GRACE
@@ -32,8 +31,6 @@ class DashboardSettings:
         send_timeout: a stream whose client does not take a message for this long is closed.
         grace: seconds after which an event is streamed even if an older transaction
             somewhere on the server is still running (see ``asyncjobs.feed``).
-        retention: when set, trace trees that finished longer ago are deleted every
-            ``retention_interval`` seconds (``Client.prune``).
         redact_unknown_jobs: hide the arguments of runs of jobs this app does not know
             (their redaction rules are unknown).
         title: shown in the viewer's header.
@@ -48,8 +45,6 @@ class DashboardSettings:
     ping_interval: float = 15.0
     send_timeout: float = 10.0
     grace: float = DEFAULT_GRACE
-    retention: timedelta | None = None
-    retention_interval: float = 600.0
     redact_unknown_jobs: bool = True
     title: str = "asyncjobs"
 
@@ -62,10 +57,6 @@ class DashboardSettings:
             raise ConfigurationError("max_streams and queue_size must be at least 1")
         if self.ping_interval <= 0 or self.send_timeout <= 0 or self.grace < 0:
             raise ConfigurationError("ping_interval and send_timeout must be positive")
-        if self.retention is not None and self.retention < timedelta(0):
-            raise ConfigurationError("retention must not be negative")
-        if self.retention_interval <= 0:
-            raise ConfigurationError("retention_interval must be positive")
         for name in ("allowed_hosts", "allowed_origins"):
             value = getattr(self, name)
             if isinstance(value, str):
