@@ -75,7 +75,7 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="seconds between looks for work without a NOTIFY (default 1)")
     parser.add_argument("--worker-id", help="stable id for this worker (default: host-pid-random)")
-    parser.add_argument("--retention", default="7d", metavar="AGE",
+    parser.add_argument("--retention", type=parse_retention, default="7d", metavar="AGE",
                         help="delete trace trees that finished longer ago, e.g. 7d, 12h; "
                              "'off' keeps everything (default 7d)")
     parser.add_argument("--migrate", action="store_true", help="apply migrations first")
@@ -96,7 +96,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         sweep_interval=args.sweep_interval,
         poll_interval=args.poll_interval,
         worker_id=args.worker_id,
-        retention=None if args.retention == "off" else parse_duration(args.retention),
+        retention=args.retention,
         migrate=args.migrate,
         handle_signals=True,
         **options,
@@ -235,6 +235,11 @@ def parse_duration(text: str) -> timedelta:
     if match is None:
         raise SystemExit(f"expected a duration like 90s, 30m, 12h, 7d or 2w, got {text!r}")
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_retention(text: str) -> timedelta | None:
+    """``--retention``: a duration (``7d``), or ``off`` to keep everything."""
+    return None if text.strip().lower() == "off" else parse_duration(text)
 
 
 def _add_dashboard(parser: argparse.ArgumentParser) -> None:

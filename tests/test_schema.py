@@ -524,3 +524,35 @@ async def test_other_database_errors_are_database_error(module_dsn: str) -> None
         assert isinstance(missing.value.__cause__, asyncpg.UndefinedTableError)
     finally:
         await conn.close()
+
+
+def test_migration_header_declares_compatibility(migrations_dir: Path) -> None:
+    (migrations_dir / "0001_a.sql").write_text("SELECT 1;")
+    (migrations_dir / "0002_b.sql").write_text("-- compatible-with-code: 1\nSELECT 1;")
+    (migrations_dir / "0003_c.sql").write_text("-- compatible-with-code: 2 (no: not a header)")
+    loaded = sql.load_migrations()
+    # without the line a migration is compatible only with code of its own version
+    assert [m.compatible_from for m in loaded] == [1, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["-- compatible-with-code: 3", "-- compatible-with-code: 0",
+     "-- compatible-with-code: 1\n-- compatible-with-code: 1"],
+)  # fmt: skip
+def test_a_bad_compatibility_header_is_refused(migrations_dir: Path, header: str) -> None:
+    (migrations_dir / "0001_a.sql").write_text("SELECT 1;")
+    (migrations_dir / "0002_b.sql").write_text(f"{header}\nSELECT 1;")
+    with pytest.raises(ValueError, match="compatible-with-code"):
+        sql.load_migrations()
+
+
+async def test_migrate_records_each_versions_compatibility(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT version, compatible_from FROM asyncjobs.schema_version ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [(m.version, m.compatible_from) for m in sql.MIGRATIONS]

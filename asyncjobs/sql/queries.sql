@@ -19,6 +19,12 @@ SELECT version, (to_jsonb(v) ->> 'compatible_from')::integer AS compatible_from
   FROM asyncjobs.schema_version v
  ORDER BY version;
 
+-- name: records_compatibility :one
+-- Whether schema_version has the compatible_from column (version 4 and later).
+SELECT EXISTS (SELECT FROM pg_attribute
+                WHERE attrelid = 'asyncjobs.schema_version'::regclass
+                  AND attname = 'compatible_from' AND NOT attisdropped);
+
 -- name: record_compatibility :exec
 -- Store the compatibility each migration file declares ($1 versions, $2 compatible_from).
 UPDATE asyncjobs.schema_version v SET compatible_from = u.compatible_from

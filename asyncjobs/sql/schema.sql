@@ -346,6 +346,7 @@ DECLARE
     -- PostgreSQL refuses payloads of 8,000 bytes or more
     max_bytes CONSTANT integer := 7900;
     payload jsonb := '{}';
+    longest text;
 BEGIN
     IF cardinality(p_queues) > 0 THEN
         payload := payload || jsonb_build_object('queues', p_queues);
@@ -360,16 +361,14 @@ BEGIN
     ELSIF cardinality(p_cancel) > 0 THEN
         payload := payload || jsonb_build_object('cancel', p_cancel);
     END IF;
-    -- still too long (long queue names, long ids): cut the lists one by one, longest first
-    IF octet_length(payload::text) > max_bytes AND payload ? 'queues' THEN
-        payload := (payload - 'queues') || '{"all_queues": true}';
-    END IF;
-    IF octet_length(payload::text) > max_bytes AND payload ? 'cancel' THEN
-        payload := (payload - 'cancel') || '{"cancel_many": true}';
-    END IF;
-    IF octet_length(payload::text) > max_bytes AND payload ? 'done' THEN
-        payload := (payload - 'done') || '{"many": true}';
-    END IF;
+    -- still too long (long queue names, long ids): cut the longest list until it fits
+    WHILE octet_length(payload::text) > max_bytes LOOP
+        SELECT key INTO longest FROM jsonb_each(payload)
+         WHERE jsonb_typeof(value) = 'array' ORDER BY octet_length(value::text) DESC LIMIT 1;
+        payload := (payload - longest) || jsonb_build_object(
+            CASE longest WHEN 'queues' THEN 'all_queues' WHEN 'done' THEN 'many'
+                         ELSE 'cancel_many' END, true);
+    END LOOP;
     PERFORM pg_notify('asyncjobs', payload::text);
 END
 $$;
