@@ -326,7 +326,7 @@ class App:
             web = Starlette(routes=[Mount("/jobs", dashboard)], lifespan=dashboard.lifespan)
 
         ``settings`` are those of ``asyncjobs.web.DashboardSettings`` (token, limits,
-        retention...). It opens its own client on first use, or in ``lifespan``.
+        redaction...). It opens its own client on first use, or in ``lifespan``.
         """
         from asyncjobs.web import Dashboard, DashboardSettings
 

@@ -78,7 +78,7 @@ class StopReason(enum.Enum):
 
     #: a user asked to cancel the run
     CANCELLED = "cancelled"
-    #: the worker shuts down and hands the run back (no attempt used up)
+    #: the worker shuts down and hands the run back (spending neither a retry nor a restart)
     SHUTDOWN = "shutdown"
     #: the lease was lost (the run was rescued elsewhere); nothing may be written
     LEASE_LOST = "lease_lost"
@@ -134,7 +134,8 @@ class Worker:
       crashed worker's runs are pending again within ``lease + sweep_interval`` while any
       worker lives, and its ``workers`` row is removed by the same sweeps;
     * ``drain_timeout`` (20) — on ``stop()`` / SIGTERM, how long running jobs may finish before
-      they are cancelled and handed back as pending (trigger ``restart``, no attempt used);
+      they are cancelled and handed back as pending (trigger ``restart``; it counts as neither
+      a retry nor a restart);
     * ``poll_interval`` (1) — how often to look for work when no NOTIFY arrives.
 
     Retention: ``retention`` (7 days; ``None`` turns it off) — trace trees (runs with their
@@ -285,7 +286,7 @@ class Worker:
 
     def stop(self, *, abort: bool = False) -> None:
         """Stop claiming; running jobs get ``drain_timeout`` to finish (none with ``abort``),
-        then they are cancelled and handed back as pending without using up an attempt."""
+        then they are cancelled and handed back as pending (neither a retry nor a restart)."""
         if abort:
             self._abort.set()
         self._stopping.set()

@@ -662,8 +662,13 @@ async def test_sweep_rescues_expired_leases_and_dead_workers(target: Target) -> 
     await backend.open()
     try:
         await backend.register_worker(WorkerInfo("w", "host", 1, ("default",), ("j",), 2))
+        # a crash is a restart (up to max_restarts), whatever the job's retries
         again, once, alive = await backend.enqueue(
-            [NewRun("j", "default", "{}", max_attempts=2)] + [NewRun("j", "default", "{}")] * 2
+            [
+                NewRun("j", "default", "{}"),
+                NewRun("j", "default", "{}", max_attempts=5, max_restarts=0),
+                NewRun("j", "default", "{}"),
+            ]
         )
         assert len(await backend.claim("w", ["default"], ["j"], 2, 0.3)) == 2
         assert len(await backend.claim("w", ["default"], ["j"], 2, 60.0)) == 1
@@ -687,6 +692,7 @@ async def test_sweep_rescues_expired_leases_and_dead_workers(target: Target) -> 
         assert failed.status is RunStatus.FAILED and failed.finished_at is not None
         assert failed.error is not None and failed.error["type"] == "LeaseExpired"
         assert [e["type"] for e in retried.errors] == ["LeaseExpired"]
+        assert (retried.restarts, retried.retries, failed.restarts) == (1, 0, 0)
         beat = await backend.heartbeat("w", [(again.run_id, 1), (alive.run_id, 1)], 30.0)
         assert beat.kept == {alive.run_id}  # a live lease is never swept
         assert not beat.registered  # the worker was silent past the ttl and is gone

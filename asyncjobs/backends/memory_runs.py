@@ -101,6 +101,7 @@ def finish_attempt(tables: Tables, row: Row, completion: Completion, now: dateti
     tables.set_status(row, RunStatus.PENDING if again else completion.status)
     if retry:
         row.trigger = Trigger.RETRY
+        row.retries += 1
         row.not_before = now + timedelta(seconds=completion.retry_in or 0.0)
     elif handback:  # the attempt it used does not count
         row.trigger = Trigger.RESTART

@@ -58,6 +58,8 @@ class Row:
     schedule: str | None = None
     scheduled_at: datetime | None = None
     target_worker: str | None = None
+    #: kept only so that the worker's retry count ends (this backend is being removed)
+    retries: int = 0
 
     def record(self) -> RunRecord:
         return RunRecord(
@@ -69,6 +71,7 @@ class Row:
             trigger=self.trigger,
             priority=self.priority,
             attempt=self.attempt,
+            retries=self.retries,
             max_attempts=self.max_attempts,
             created_at=self.created_at,
             not_before=self.not_before,

@@ -316,6 +316,12 @@ def _schemas() -> dict[str, Any]:
                 "priority": {"type": "integer"},
                 "attempt": {"type": "integer"},
                 "max_attempts": {"type": "integer"},
+                "retries": {"type": "integer", "description": "failed attempts retried"},
+                "restarts": {
+                    "type": "integer",
+                    "description": "times taken back from a worker that vanished",
+                },
+                "max_restarts": {"type": "integer"},
                 "parent_run_id": {"type": ["integer", "null"]},
                 "root_run_id": {"type": "integer"},
                 "created_at": {"type": "string", "format": "date-time"},
