@@ -124,6 +124,10 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"installed the asyncjobs schema (version {version})")
     elif found < version:
         print(f"upgraded the asyncjobs schema from version {found} to {version}")
+    elif found > version:
+        # a newer deploy migrated it; opening succeeded, so it declared this code compatible
+        print(f"the asyncjobs schema is at version {found}, newer than this code's {version} "
+              "and compatible with it")
     else:
         print(f"the asyncjobs schema is up to date (version {version})")
     return 0

@@ -162,8 +162,9 @@ async def _last_events(client: Client, run_id: int, count: int) -> list[RunEvent
 def _describe(run: RunRecord) -> str:
     lines = [
         f"run {run.id}: {run.job} — {run.status.value}" + _took(run),
-        f"  queue {run.queue}, priority {run.priority}, attempt {run.attempt} of "
-        f"{run.max_attempts}, trigger {run.trigger.value}",
+        f"  queue {run.queue}, priority {run.priority}, attempt {run.attempt} (retries "
+        f"{run.retries} of {run.max_attempts - 1}, restarts {run.restarts} of "
+        f"{run.max_restarts}), trigger {run.trigger.value}",
         f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, not before "
         f"{run.not_before:%Y-%m-%d %H:%M:%S}"
         + (f", not after {run.not_after:%Y-%m-%d %H:%M:%S}" if run.not_after else ""),

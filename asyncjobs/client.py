@@ -252,11 +252,12 @@ class Client:
         except UnknownJob:
             stored = await self._directory.lookup(ref.name)
             encoded = self._directory.encode(stored, arguments)
-            target = (stored.name, stored.queue, stored.priority, stored.max_attempts)
+            target = stored.target
             (run,) = await self._enqueue_as(ref.renamed(stored.name), target, [encoded], trigger)
             return run
         encoded = known.args.encode_json(arguments)
-        target = (known.name, known.queue, known.priority, known.retry.max_attempts)
+        target = (known.name, known.queue, known.priority, known.retry.max_attempts,
+                  known.max_restarts)
         # the app has the code: an untyped reference gets the job's own typed results
         handle: Job[Any, Any] | JobRef[Any] = (
             ref.renamed(known.name) if ref.typed else known.options(**_fields(ref))
@@ -276,7 +277,7 @@ class Client:
         if isinstance(handle, JobRef):
             stored = await self._directory.lookup(handle.name)
             encoded = [self._directory.encode(stored, a) for a in arguments]
-            target = (stored.name, stored.queue, stored.priority, stored.max_attempts)
+            target = stored.target
             return await self._enqueue_as(handle.renamed(stored.name), target, encoded,
                                           Trigger.USER)
         encoded = [handle.args.encode(handle.args.bind((), a)) for a in arguments]
@@ -307,19 +308,19 @@ class Client:
     async def _enqueue(
         self, job: Job[Any, R], encoded: list[str], trigger: Trigger
     ) -> list[Run[R]]:
-        target = (job.name, job.queue, job.priority, job.retry.max_attempts)
+        target = (job.name, job.queue, job.priority, job.retry.max_attempts, job.max_restarts)
         return await self._enqueue_as(job, target, encoded, trigger)
 
     async def _enqueue_as(
         self,
         job: Job[Any, R] | JobRef[R],
-        target: tuple[str, str, int, int],
+        target: tuple[str, str, int, int, int],
         encoded: list[str],
         trigger: Trigger,
     ) -> list[Run[R]]:
         """Insert runs of the job named in ``target`` (name, default queue, default priority,
-        max attempts) with ``job``'s trigger options."""
-        name, default_queue, default_priority, max_attempts = target
+        max attempts, max restarts) with ``job``'s trigger options."""
+        name, default_queue, default_priority, max_attempts, max_restarts = target
         options = job.default_options
         queue = options.queue or default_queue
         priority = default_priority if options.priority is None else options.priority

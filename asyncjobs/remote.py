@@ -25,7 +25,7 @@ from jsonschema.protocols import Validator
 from asyncjobs.backends.base import Backend, DefinitionStore, NewRun
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
 from asyncjobs.errors import InvalidArguments, UnknownJob
-from asyncjobs.jobs import OnDuplicate, RunOptions
+from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
 from asyncjobs.rules import check_name
 from asyncjobs.runs import RunRecord, Trigger
 from asyncjobs.schema_validation import compile_schema, validate
@@ -46,6 +46,7 @@ def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
     schema[EXTENSION] = {
         "priority": job.priority,
         "max_attempts": job.retry.max_attempts,
+        "max_restarts": job.max_restarts,
         "aliases": list(job.aliases),
     }
     return schema
@@ -113,8 +114,14 @@ class StoredJob:
     queue: str
     priority: int
     max_attempts: int
+    max_restarts: int
     version: datetime
     validator: Validator
+
+    @property
+    def target(self) -> tuple[str, str, int, int, int]:
+        """Name, default queue, default priority, max attempts, max restarts."""
+        return self.name, self.queue, self.priority, self.max_attempts, self.max_restarts
 
 
 class JobDirectory:
@@ -150,6 +157,8 @@ class JobDirectory:
             queue=row.queue,
             priority=int(defaults.get("priority", 0)),
             max_attempts=int(defaults.get("max_attempts", 1)),
+            # stored by workers from before max_restarts: the default
+            max_restarts=int(defaults.get("max_restarts", DEFAULT_MAX_RESTARTS)),
             version=row.updated_at,
             validator=compile_schema(row.name, schema),
         )
@@ -194,6 +203,7 @@ async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
         not_after=None,
         dedup_id=record.dedup_id,
         max_attempts=record.max_attempts,
+        max_restarts=record.max_restarts,
         parent_run_id=record.id,
         root_run_id=record.root_run_id or record.id,
         trigger=Trigger.RETRY,

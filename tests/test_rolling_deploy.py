@@ -52,9 +52,11 @@ BREAKING = sql.Migration(
 
 
 async def _migrate(dsn: str, *extra: sql.Migration) -> int:
+    """The schema version after applying our migrations and ``extra``."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await apply_migrations(conn, (*sql.MIGRATIONS, *extra))
+        _, after = await apply_migrations(conn, (*sql.MIGRATIONS, *extra))
+        return after
     finally:
         await conn.close()
 

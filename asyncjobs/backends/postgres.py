@@ -168,9 +168,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 _MIGRATE_LOCK = "asyncjobs:migrate"
 
 
-async def apply_migrations(conn: _Connection, migrations: Sequence[sql.Migration]) -> int:
+async def apply_migrations(
+    conn: _Connection, migrations: Sequence[sql.Migration]
+) -> tuple[int, int]:
     """Bring the database up to the last of ``migrations`` in one transaction; returns its
-    schema version afterwards (higher than ours when a newer deploy migrated it already).
+    schema version before (0: not installed) and after (higher than the last of
+    ``migrations`` when a newer deploy migrated it already).
 
     The advisory lock is taken before anything is read, so concurrent migrators (several
     processes starting at once, fresh database included: the lock needs no schema) run one
@@ -179,14 +182,14 @@ async def apply_migrations(conn: _Connection, migrations: Sequence[sql.Migration
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _MIGRATE_LOCK)
         installed = await conn.fetchval(Q["schema_installed"].text)
+        before: int = (await conn.fetchval(Q["schema_version"].text) or 0) if installed else 0
+        current = before
         if not installed and migrations[-1].version >= sql.SCHEMA_VERSION:
             logger.info("installing the asyncjobs schema (version %d)", migrations[-1].version)
             await conn.execute(sql.SCHEMA)
             current = sql.SCHEMA_VERSION
-        elif installed:
-            current = await conn.fetchval(Q["schema_version"].text) or 0
-        else:  # an older list than schema.sql describes (tests of upgrades): from the start
-            current = 0
+        # otherwise from `before`; with a list older than schema.sql on an empty database
+        # (tests of upgrades), every migration from the first
         pending = [m for m in migrations if m.version > current]
         for migration in pending:
             logger.info("applying migration %04d_%s", migration.version, migration.name)
@@ -199,8 +202,8 @@ async def apply_migrations(conn: _Connection, migrations: Sequence[sql.Migration
                 [m.version for m in migrations],
                 [m.compatible_from for m in migrations],
             )
-        version: int = await conn.fetchval(Q["schema_version"].text)
-        return version
+        after: int = await conn.fetchval(Q["schema_version"].text)
+        return before, after
 
 
 async def _applied_migrations(conn: _Connection) -> list[tuple[int, int | None]]:
@@ -327,7 +330,8 @@ class PostgresBackend:
         database's schema version afterwards (see ``apply_migrations``)."""
         with translate_errors():
             async with self.pool.acquire() as conn:
-                return await apply_migrations(conn, sql.MIGRATIONS)
+                self.migrated_from, version = await apply_migrations(conn, sql.MIGRATIONS)
+        return version
 
     async def _check_schema(self) -> None:
         """Refuse a database this code cannot work with: not installed, older than the code,
