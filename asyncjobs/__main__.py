@@ -79,6 +79,11 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
                         help="delete trace trees that finished longer ago, e.g. 7d, 12h; "
                              "'off' keeps everything (default 7d)")
     parser.add_argument("--migrate", action="store_true", help="apply migrations first")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on this port (0: any free one; needs "
+                             "asyncjobs[metrics])")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics endpoint (default 127.0.0.1)")
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
@@ -99,6 +104,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         retention=args.retention,
         migrate=args.migrate,
         handle_signals=True,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         **options,
     )
     await worker.run()

@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import anyio
 
+from asyncjobs import telemetry
 from asyncjobs.backends.base import (
     Backend,
+    Enqueued,
     JobState,
     NewRun,
     PruneResult,
@@ -332,28 +334,34 @@ class Client:
         not_after = _absolute(options.not_after, now)
         if not_before and not_after and not_after <= not_before:
             raise InvalidArguments(f"{name}: not_after is not later than not_before")
-        new_runs = [
-            NewRun(
-                job=name,
-                queue=queue,
-                args_json=args_json,
-                priority=priority,
-                not_before=not_before,
-                not_after=not_after,
-                dedup_id=options.dedup_id,
-                max_attempts=max_attempts,
-                max_restarts=max_restarts,
-                parent_run_id=parent.run_id if parent else None,
-                root_run_id=parent.root_run_id if parent else None,
-                trigger=trigger,
-            )
-            for args_json in encoded
-        ]
-        if options.dedup_id is not None and len(new_runs) > 1:
+        if options.dedup_id is not None and len(encoded) > 1:
             raise InvalidArguments(f"{name}: one dedup_id cannot be shared by several runs")
-        enqueued = await self.backend.enqueue(
-            new_runs, reject_duplicates=options.on_duplicate == "raise"
-        )
+
+        def insert(trace_context: str | None) -> Awaitable[list[Enqueued]]:
+            new_runs = [
+                NewRun(
+                    job=name,
+                    queue=queue,
+                    args_json=args_json,
+                    priority=priority,
+                    not_before=not_before,
+                    not_after=not_after,
+                    dedup_id=options.dedup_id,
+                    max_attempts=max_attempts,
+                    max_restarts=max_restarts,
+                    parent_run_id=parent.run_id if parent else None,
+                    root_run_id=parent.root_run_id if parent else None,
+                    trigger=trigger,
+                    trace_context=trace_context,
+                )
+                for args_json in encoded
+            ]
+            return self.backend.enqueue(new_runs, reject_duplicates=options.on_duplicate == "raise")
+
+        if telemetry.TRACING:  # a trigger span, its context stored with the runs
+            enqueued = await telemetry.traced_trigger(name, queue, trigger, insert)
+        else:
+            enqueued = await insert(None)
         return [Run(e.run_id, job, e.created, self) for e in enqueued]
 
     # ------------------------------------------------------------------ waiting

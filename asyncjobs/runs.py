@@ -94,6 +94,9 @@ class RunRecord:
     #: run fails with ``LeaseExpired``
     restarts: int = 0
     max_restarts: int = 10
+    #: the OpenTelemetry context of the span that triggered it (propagator headers, e.g.
+    #: ``traceparent``), or ``None``; see asyncjobs/telemetry.py
+    trace_context: dict[str, str] | None = None
     #: the id of the run's latest event when this record was read, where the read asked for
     #: it (0 otherwise): of two records of one run, the one with the larger version is newer
     version: int = 0

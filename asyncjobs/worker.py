@@ -52,6 +52,8 @@ from asyncjobs.outcomes import (
     storable_event,
     unstorable_completion,
 )
+from asyncjobs.metrics import WorkerMetrics
+from asyncjobs.observe import observer
 from asyncjobs.runlog import DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, EventGate, RunReporting
 from asyncjobs.runs import RunRecord, RunStatus
 from asyncjobs.scheduler import Scheduler
@@ -142,6 +144,10 @@ class Worker:
     events and stored errors) whose runs all finished longer ago are deleted, by one worker at
     a time (a try-lock: the others skip), ``RETENTION_BATCH`` trees per statement, every
     ``retention_interval`` seconds or so (300, jittered), never on the claim path.
+
+    ``metrics_port`` serves this worker's Prometheus metrics (asyncjobs.metrics; needs the
+    ``[metrics]`` extra) on ``metrics_host`` (127.0.0.1 by default); 0 picks a free port,
+    see ``metrics_url``. Without it no metrics are kept.
     """
 
     def __init__(
@@ -163,6 +169,8 @@ class Worker:
         event_burst: int = DEFAULT_EVENT_BURST,
         retention: timedelta | None = DEFAULT_RETENTION,
         retention_interval: float = RETENTION_INTERVAL,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         **backend_options: Any,
     ) -> None:
         if concurrency < 1:
@@ -236,9 +244,26 @@ class Worker:
         self.scheduler = Scheduler(app, self.backend, self.id, self.queues, max_idle=poll_interval)
         # progress/log rate limits per run, and `logging` capture (asyncjobs.runlog)
         self._reporting = RunReporting(self._events.add, rate=event_rate, burst=event_burst)
+        #: Prometheus counters of this worker (asyncjobs.metrics), with ``metrics_port`` only
+        self.metrics = (
+            None
+            if metrics_port is None
+            else WorkerMetrics(self.id, concurrency, lambda: len(self._running))
+        )
+        self._metrics_address = (metrics_host, metrics_port)
+        #: spans and metrics per attempt (asyncjobs.observe); None when both are off
+        self._observer = observer(self.metrics)
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} queues={self.queues} concurrency={self.concurrency}>"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where this worker serves Prometheus metrics (the port is known once started)."""
+        if self.metrics is None:
+            return None
+        host, port = self._metrics_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -254,6 +279,10 @@ class Worker:
         await self.backend.register_definitions(queues, jobs)
         await self.scheduler.register()
         await self.backend.register_worker(self._info())
+        if self.metrics is not None:
+            host, port = self._metrics_address
+            self._metrics_address = (host, self.metrics.serve(host, port or 0))
+            logger.info("worker %s: metrics on %s", self.id, self.metrics_url)
         self.backend.add_listener(self._on_notification)
         self._reporting.start_capture()
         self._main = asyncio.create_task(self._serve(), name=f"asyncjobs-worker-{self.id}")
@@ -386,6 +415,8 @@ class Worker:
         with contextlib.suppress(DatabaseError):  # the row then goes with the next sweep
             await self.backend.unregister_worker(self.id)
         await self.client.__aexit__(None, None, None)
+        if self.metrics is not None:
+            await self.metrics.close()
         self._reporting.stop_capture()
         self._stopped.set()
         logger.info("worker %s stopped: %s", self.id, self.stats)
@@ -470,7 +501,10 @@ class Worker:
         execution.context = context
         current_context.set(context)  # this task has its own copy of the context
         try:
-            completion = await self._attempt(execution, job, context)
+            attempt = self._attempt(execution, job, context)
+            if self._observer is not None:  # an OpenTelemetry span, Prometheus metrics
+                attempt = self._observer.attempt(record, attempt, execution)
+            completion = await attempt
             await self._after_attempt(execution, context, completion, gate)
         finally:
             gate.discard()

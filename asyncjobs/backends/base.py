@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from asyncjobs.explain import RunFacts
+from asyncjobs.gauges import ClusterGauges
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleDefinition, ScheduleState
 from asyncjobs.summary import JobSummary
@@ -33,6 +34,8 @@ class NewRun:
     root_run_id: int | None = None
     trigger: Trigger = Trigger.USER
     max_restarts: int = 10
+    #: the triggering span's propagation headers as a JSON object (asyncjobs/telemetry.py)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +318,10 @@ class Backend(Protocol):
     async def job_summary(self, jobs: Sequence[str], window_seconds: float) -> JobSummary:
         """Counts, durations and the last success of the runs of ``jobs`` (a job's name and
         aliases; the summary is named after the first)."""
+
+    async def cluster_gauges(self, worker_ttl_seconds: float) -> ClusterGauges:
+        """Pending, ready and running runs and limits by queue and by job, and the workers
+        whose heartbeat is at most ``worker_ttl_seconds`` old, in one cheap read."""
 
     async def read_feed(
         self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float

@@ -61,6 +61,7 @@ from asyncjobs.backends.memory_tables import (
 )
 from asyncjobs.codec import dumps
 from asyncjobs.errors import DatabaseError, DuplicateRun
+from asyncjobs.gauges import ClusterGauges
 from asyncjobs.runs import TERMINAL_STATUSES, RunEvent, RunRecord, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -330,6 +331,10 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
         self._tables.workers.pop(worker_id, None)
 
     # ------------------------------------------------------------------ reads
+
+    async def cluster_gauges(self, worker_ttl_seconds: float) -> ClusterGauges:
+        # /metrics reads PostgreSQL's partial indexes; this backend is being removed
+        raise DatabaseError("metrics need the PostgreSQL backend")
 
     async def get_run(self, run_id: int) -> RunRecord | None:
         await self._checkpoint()

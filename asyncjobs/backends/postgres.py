@@ -50,6 +50,7 @@ from asyncjobs.errors import (
     SchemaMismatch,
 )
 from asyncjobs.explain import RunFacts, SlotHolder
+from asyncjobs.gauges import ClusterGauges, Load
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleDefinition, ScheduleState
 from asyncjobs.summary import JobSummary, LastSuccess
@@ -97,6 +98,8 @@ _INVARIANT_CONSTRAINTS = frozenset(
         # is skipped, not an error)
         "runs_schedule_check",
         "runs_schedule_fire_idx",
+        # asyncjobs.telemetry.encode_context stores only objects under MAX_CONTEXT_BYTES
+        "runs_trace_context_check",
         "schedules_name_check",
         "schedules_job_check",
         "schedules_cron_check",
@@ -433,6 +436,7 @@ class PostgresBackend:
                 [r.root_run_id for r in runs],
                 [r.trigger.value for r in runs],
                 [r.max_restarts for r in runs],
+                [r.trace_context for r in runs],
             )
 
     async def _enqueue_on(
@@ -700,6 +704,20 @@ class PostgresBackend:
                 row["last_success_id"], row["last_success_at"], row["last_success_duration"]
             )
         return JobSummary(jobs[0], window, row["now"], counts, p50, p95, last)
+
+    async def cluster_gauges(self, worker_ttl_seconds: float) -> ClusterGauges:
+        rows = await self._fetch("cluster_gauges", timedelta(seconds=worker_ttl_seconds))
+        loads: dict[str, list[Load]] = {"queue": [], "job": []}
+        alive = slots = 0
+        for row in rows:
+            if row["kind"] == "workers":
+                alive, slots = row["pending"], row["running"]
+                continue
+            loads[row["kind"]].append(
+                Load(row["name"], row["pending"], row["ready"], row["oldest_age"],
+                     row["running"], row["max_concurrency"], row["enabled"])
+            )
+        return ClusterGauges(tuple(loads["queue"]), tuple(loads["job"]), alive, slots)
 
     # ------------------------------------------------------------------ event feed, dashboard
 

@@ -56,16 +56,18 @@ WITH input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, u.*
       FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[],
                   $6::timestamptz[], $7::text[], $8::integer[], $9::bigint[], $10::bigint[],
-                  $11::asyncjobs.run_trigger[], $12::integer[])
+                  $11::asyncjobs.run_trigger[], $12::integer[], $13::jsonb[])
            WITH ORDINALITY AS u(job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger,
-                                max_restarts, ord)
+                                max_restarts, trace_context, ord)
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, not_before, not_after, dedup_id,
-                                max_attempts, parent_run_id, root_run_id, trigger, max_restarts)
+                                max_attempts, parent_run_id, root_run_id, trigger, max_restarts,
+                                trace_context)
     SELECT id, job, queue, args, priority, coalesce(not_before, now()), not_after, dedup_id,
-           max_attempts, parent_run_id, coalesce(root_run_id, id), trigger, max_restarts
+           max_attempts, parent_run_id, coalesce(root_run_id, id), trigger, max_restarts,
+           trace_context
       FROM input ORDER BY ord
     ON CONFLICT (job, dedup_id) WHERE dedup_id IS NOT NULL AND status IN ('pending', 'running')
     DO NOTHING
@@ -671,3 +673,47 @@ SELECT name, queue, updated_at,
  WHERE name = $1 OR args_schema -> 'x-asyncjobs' -> 'aliases' ? $1
  ORDER BY name = $1 DESC
  LIMIT 1;
+
+-- name: cluster_gauges :many
+-- The database gauges of /metrics in one round trip: a row per queue ('queue'), per job ('job')
+-- and one for the live workers ('workers', heartbeat within $1). Only cheap reads: pending runs
+-- through the partial runs_pending_idx, running runs through runs_running_idx (finished runs
+-- are never read), and the small queues, jobs and workers tables. `oldest_age` is the seconds
+-- the oldest ready pending run (not_before passed) has waited; 0 when none is ready.
+WITH pending AS (
+    SELECT queue, job, count(*) AS depth,
+           count(*) FILTER (WHERE not_before <= now()) AS ready,
+           min(not_before) FILTER (WHERE not_before <= now()) AS oldest
+      FROM asyncjobs.runs WHERE status = 'pending' GROUP BY queue, job
+),
+running AS (
+    SELECT queue, job, count(*) AS n
+      FROM asyncjobs.runs WHERE status = 'running' GROUP BY queue, job
+),
+queue_names AS (
+    SELECT name FROM asyncjobs.queues
+    UNION SELECT queue FROM pending UNION SELECT queue FROM running
+),
+job_names AS (
+    SELECT name FROM asyncjobs.jobs UNION SELECT job FROM pending UNION SELECT job FROM running
+)
+SELECT 'queue' AS kind, n.name,
+       coalesce((SELECT sum(p.depth) FROM pending p WHERE p.queue = n.name), 0)::bigint AS pending,
+       coalesce((SELECT sum(p.ready) FROM pending p WHERE p.queue = n.name), 0)::bigint AS ready,
+       coalesce((SELECT extract(epoch FROM now() - min(p.oldest)) FROM pending p
+                  WHERE p.queue = n.name), 0)::float8 AS oldest_age,
+       coalesce((SELECT sum(r.n) FROM running r WHERE r.queue = n.name), 0)::bigint AS running,
+       q.max_concurrency, coalesce(q.enabled, true) AS enabled
+  FROM queue_names n LEFT JOIN asyncjobs.queues q ON q.name = n.name
+UNION ALL
+SELECT 'job', n.name,
+       coalesce((SELECT sum(p.depth) FROM pending p WHERE p.job = n.name), 0)::bigint,
+       coalesce((SELECT sum(p.ready) FROM pending p WHERE p.job = n.name), 0)::bigint,
+       coalesce((SELECT extract(epoch FROM now() - min(p.oldest)) FROM pending p
+                  WHERE p.job = n.name), 0)::float8,
+       coalesce((SELECT sum(r.n) FROM running r WHERE r.job = n.name), 0)::bigint,
+       j.max_concurrency, coalesce(j.enabled, true)
+  FROM job_names n LEFT JOIN asyncjobs.jobs j ON j.name = n.name
+UNION ALL
+SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
+  FROM asyncjobs.workers WHERE heartbeat_at > now() - $1::interval;

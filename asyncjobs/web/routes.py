@@ -31,6 +31,7 @@ from asyncjobs.web.http import (
     optional_int,
     run_filters,
 )
+from asyncjobs.web.metrics_route import metrics_route
 from asyncjobs.web.openapi import openapi_document
 from asyncjobs.web.serialize import event_json, jobs_json, run_json, update_json
 
@@ -78,6 +79,7 @@ class Api:
             Route("/api/jobs/{name}/enabled", self.set_job_enabled, methods=["POST"]),
             Route("/api/queues/{name}/enabled", self.set_queue_enabled, methods=["POST"]),
             Route("/api/stats", self.stats, methods=["GET"]),
+            metrics_route(self.state),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
 

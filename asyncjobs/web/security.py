@@ -5,9 +5,9 @@
   arrived on.
 * **Host**: without a token only loopback ``Host`` names (and ``allowed_hosts``) are served,
   so a web page cannot reach the dashboard by DNS rebinding.
-* **Token**: with a token every ``/api`` call needs ``Authorization: Bearer <token>`` or the
-  session cookie (``HttpOnly``, ``SameSite=Strict``) the viewer gets by opening
-  ``/?token=<token>`` once; the viewer's HTML, JS and CSS hold no data and are public.
+* **Token**: with a token every ``/api`` call (and ``/metrics``) needs ``Authorization:
+  Bearer <token>`` or the session cookie (``HttpOnly``, ``SameSite=Strict``) the viewer gets
+  by opening ``/?token=<token>`` once; the viewer's HTML, JS and CSS hold no data and are public.
 * **CSRF**: a POST with the session cookie (or with no token configured) must carry the
   ``X-CSRF-Token`` header equal to the ``asyncjobs_csrf`` cookie (double submit: a page of
   another origin can neither read the cookie nor send the header without a CORS preflight
@@ -191,7 +191,8 @@ class _Request:
         self.path: str = scope["path"]
         if self.root_path and self.path.startswith(self.root_path):
             self.path = self.path[len(self.root_path) :]  # starlette keeps the mount prefix
-        self.is_api = self.path.startswith("/api/")
+        # data endpoints: the API and the Prometheus metrics (queue and job names, loads)
+        self.is_api = self.path.startswith("/api/") or self.path == "/metrics"
         self.headers = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
         }
