@@ -273,16 +273,25 @@ class Worker:
             await self.wait()
 
     async def __aenter__(self) -> Worker:
+        if self.metrics is None:
+            return await self._enter()
+        # first: a taken port fails before anything is opened; closed if a later step fails
+        host, port = self._metrics_address
+        self._metrics_address = (host, self.metrics.serve(host, port or 0))
+        logger.info("worker %s: metrics on %s", self.id, self.metrics_url)
+        try:
+            return await self._enter()
+        except BaseException:
+            await self.metrics.close()
+            raise
+
+    async def _enter(self) -> Worker:
         await self.app.hooks.worker("starting", self)
         await self.client.__aenter__()
         queues, jobs = self.app.definitions()
         await self.backend.register_definitions(queues, jobs)
         await self.scheduler.register()
         await self.backend.register_worker(self._info())
-        if self.metrics is not None:
-            host, port = self._metrics_address
-            self._metrics_address = (host, self.metrics.serve(host, port or 0))
-            logger.info("worker %s: metrics on %s", self.id, self.metrics_url)
         self.backend.add_listener(self._on_notification)
         self._reporting.start_capture()
         self._main = asyncio.create_task(self._serve(), name=f"asyncjobs-worker-{self.id}")
