@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 from jsonschema.protocols import Validator
 
-from asyncjobs.backends.base import Backend, DefinitionStore, NewRun
+from asyncjobs import telemetry
+from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
 from asyncjobs.errors import InvalidArguments, UnknownJob
 from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
@@ -208,6 +209,16 @@ async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
         root_run_id=record.root_run_id or record.id,
         trigger=Trigger.RETRY,
     )
-    (enqueued,) = await client.backend.enqueue([new_run], reject_duplicates=True)
+
+    async def insert(trace_context: str | None) -> list[Enqueued]:
+        run = dataclasses.replace(new_run, trace_context=trace_context)
+        return await client.backend.enqueue([run], reject_duplicates=True)
+
+    if telemetry.TRACING:  # the new run joins the trace of whoever asked for it
+        (enqueued,) = await telemetry.traced_trigger(
+            record.job, record.queue, Trigger.RETRY, insert
+        )
+    else:
+        (enqueued,) = await insert(None)
     handle = client._handle(record.job)
     return Run(enqueued.run_id, handle, enqueued.created, client)

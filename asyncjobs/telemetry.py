@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from asyncjobs.backends.base import Enqueued
-from asyncjobs.runs import RunRecord
+from asyncjobs.runs import RunRecord, Trigger
 
 try:
     from opentelemetry import context as otel_context
@@ -66,7 +66,7 @@ def _get_tracer() -> Tracer:
 async def traced_trigger(
     job: str,
     queue: str,
-    trigger: str,
+    trigger: Trigger,
     insert: Callable[[str | None], Awaitable[list[Enqueued]]],
 ) -> list[Enqueued]:
     """Run ``insert(trace_context)`` inside a ``asyncjobs.trigger <job>`` PRODUCER span whose
@@ -141,12 +141,11 @@ def finish(span: Span, status: str, error: BaseException | None) -> None:
         span.set_status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
 
 
-def _attributes(job: str, queue: str, trigger: Any, operation: str) -> dict[str, Any]:
-    trigger_name = getattr(trigger, "value", trigger)
+def _attributes(job: str, queue: str, trigger: Trigger, operation: str) -> dict[str, Any]:
     return {
         "asyncjobs.job": job,
         "asyncjobs.queue": queue,
-        "asyncjobs.trigger": str(trigger_name),
+        "asyncjobs.trigger": trigger.value,
         # the messaging conventions, so generic tools group the spans by queue
         "messaging.system": "asyncjobs",
         "messaging.destination.name": queue,

@@ -76,7 +76,7 @@ async def _per_call(n: int, call: Callable[[], Awaitable[object]]) -> float:
 async def _measure(n: int, label: str, observer: AttemptObserver) -> None:
     plain_trigger = await _per_call(n, lambda: _insert(None))
     traced = await _per_call(
-        n, lambda: telemetry.traced_trigger("job", "default", Trigger.USER.value, _insert)
+        n, lambda: telemetry.traced_trigger("job", "default", Trigger.USER, _insert)
     )
     plain_attempt = await _per_call(n, _attempt)
     observed = await _per_call(n, lambda: observer.attempt(RECORD, _attempt(), _Execution()))

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncjobs import telemetry
+from asyncjobs import SyncClient, telemetry
 from tests.otel_apps import SPANS_ENV, app, parent, quick, span_json
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -220,6 +220,38 @@ async def test_a_run_triggered_outside_any_trace_starts_its_own(
     assert execution.context.trace_id == trigger.context.trace_id
     orphan = spans[f"asyncjobs.run quick {bare}"]
     assert orphan.parent is None
+
+
+async def test_sync_callers_and_retries_join_the_callers_trace(
+    dsn: str, exporter: InMemorySpanExporter
+) -> None:
+    """A Django-style caller (``SyncClient`` from a thread with a current span) and an
+    operator's "run it again" both store the trace they were called in."""
+    web = TracerProvider().get_tracer("web")
+    async with app.client(dsn) as client, app.worker(dsn, queues=["front"], poll_interval=0.1):
+        first = await client.trigger_async(quick)
+        await first.result(timeout=30)
+
+        def sync_request() -> tuple[int, int]:
+            with web.start_as_current_span("POST /sync") as span, SyncClient(app, dsn) as sync:
+                return sync.trigger(quick).id, span.get_span_context().trace_id
+
+        sync_run, sync_trace = await anyio.to_thread.run_sync(sync_request)
+        with web.start_as_current_span("POST /retry") as span:
+            again = await client.retry(first.id)
+        retry_trace = span.get_span_context().trace_id
+        await client.wait(again.id, timeout=30)
+        await client.wait(sync_run, timeout=30)
+        stored = {r: (await client.get_run(r)).trace_context or {} for r in (sync_run, again.id)}
+    assert f"{sync_trace:032x}" in stored[sync_run]["traceparent"]
+    assert f"{retry_trace:032x}" in stored[again.id]["traceparent"]
+    executions = {
+        (s.attributes or {}).get("asyncjobs.run_id"): s
+        for s in exporter.get_finished_spans()
+        if s.name == "asyncjobs.run quick"
+    }
+    assert executions[again.id].context.trace_id == retry_trace
+    assert _attrs(span_json(executions[again.id]), "trigger") == ("retry",)
 
 
 def test_stored_context_is_bounded() -> None:
