@@ -96,7 +96,7 @@ class WorkerMetrics:
         self.finished = Counter(
             "asyncjobs_runs_finished",
             "Attempts this worker finished, by outcome (succeeded, failed, retrying, cancelled, "
-            "handed_back, lease_lost)",
+            "handed_back, lease_lost, aborted)",
             [*per_run, "status"], registry=registry,
         )
         self.wait = Histogram(
@@ -180,14 +180,11 @@ class ClusterMetrics:
         return generate_latest(_Joined(self.registry, cluster_families(gauges, seconds)))
 
     async def _read(self, backend: Backend) -> tuple[ClusterGauges, float]:
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(self._query(backend))
         reading = self._reading
-        try:
-            return await asyncio.shield(reading)
-        finally:
-            if reading.done() and self._reading is reading:
-                self._reading = None
+        if reading is None or reading.done():  # none under way: a fresh read, never a stale one
+            reading = self._reading = asyncio.ensure_future(self._query(backend))
+        # shielded: a scraper that leaves does not cancel the read the others wait for
+        return await asyncio.shield(reading)
 
     async def _query(self, backend: Backend) -> tuple[ClusterGauges, float]:
         began = time.perf_counter()

@@ -266,15 +266,24 @@ def test_stored_context_is_bounded() -> None:
     assert telemetry.encode_context({"baggage": "k=" + "v" * 5000}) is None
 
 
-async def test_without_opentelemetry_nothing_is_traced(dsn: str) -> None:
-    """With the package absent, asyncjobs imports, runs jobs and stores no context; the
-    worker keeps no observer at all (not one call per run)."""
+async def test_without_the_extras_nothing_is_observed(dsn: str) -> None:
+    """Without opentelemetry-api and prometheus_client, asyncjobs imports, runs jobs and
+    stores no context; the worker keeps no observer at all (not one call per run), and asking
+    for metrics is a ConfigurationError that says what to install."""
     script = """
 import asyncio, sys
-sys.modules["opentelemetry"] = None  # as if it were not installed
-from asyncjobs import telemetry
+import httpx
+sys.modules["opentelemetry"] = None  # as if they were not installed
+sys.modules["prometheus_client"] = None
+from asyncjobs import ConfigurationError, metrics, telemetry
 from tests.otel_apps import app, quick
-assert not telemetry.TRACING
+assert not telemetry.TRACING and not metrics.METRICS
+try:
+    app.worker(sys.argv[1], metrics_port=0)
+except ConfigurationError as exc:
+    assert "asyncjobs[metrics]" in str(exc)
+else:
+    raise AssertionError("metrics_port without prometheus_client")
 
 async def main():
     async with app.client(sys.argv[1]) as client:
@@ -284,6 +293,10 @@ async def main():
         async with worker:
             await run.result(timeout=30)
         assert (await run.get()).trace_context is None
+    transport = httpx.ASGITransport(app=app.asgi(sys.argv[1]))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 501 and "asyncjobs[metrics]" in response.text, response.text
     print("ok")
 
 asyncio.run(main())
