@@ -43,6 +43,8 @@ from asyncjobs.errors import (
     ResultNotStorable,
 )
 from asyncjobs.jobs import Job
+from asyncjobs.metrics import WorkerMetrics
+from asyncjobs.observe import observer
 from asyncjobs.outcomes import (
     Event,
     describe_completion,
@@ -52,8 +54,6 @@ from asyncjobs.outcomes import (
     storable_event,
     unstorable_completion,
 )
-from asyncjobs.metrics import WorkerMetrics
-from asyncjobs.observe import observer
 from asyncjobs.runlog import DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, EventGate, RunReporting
 from asyncjobs.runs import RunRecord, RunStatus
 from asyncjobs.scheduler import Scheduler
