@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from asyncjobs import telemetry
 from asyncjobs.backends.base import Completion
-from asyncjobs.metrics import WorkerMetrics
 from asyncjobs.runs import RunRecord, RunStatus
+
+if TYPE_CHECKING:  # prometheus_client is imported only by a worker that serves metrics
+    from asyncjobs.metrics import WorkerMetrics
 
 
 class _Failing(Protocol):

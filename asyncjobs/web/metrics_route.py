@@ -12,19 +12,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from asyncjobs import metrics
 from asyncjobs.explain import DEFAULT_WORKER_TTL
 from asyncjobs.web.http import ApiError
 
 if TYPE_CHECKING:
+    from asyncjobs.metrics import ClusterMetrics
     from asyncjobs.web.dashboard import DashboardState
 
 
 def metrics_route(state: DashboardState) -> Route:
-    cluster: metrics.ClusterMetrics | None = None
+    cluster: ClusterMetrics | None = None
 
     async def endpoint(request: Request) -> Response:
         nonlocal cluster
+        # imported on the first scrape: prometheus_client's import takes ~0.1 s
+        from asyncjobs import metrics
+
         if not metrics.METRICS:
             raise ApiError(501, "NotImplemented", "install asyncjobs[metrics] for /metrics")
         if cluster is None:
