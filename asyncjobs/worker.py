@@ -249,6 +249,8 @@ class Worker:
         #: Prometheus counters of this worker (asyncjobs.metrics), with ``metrics_port`` only
         self.metrics: WorkerMetrics | None = None
         if metrics_port is not None:
+            if not 0 <= metrics_port <= 65535:
+                raise ConfigurationError("metrics_port must be 0 to 65535")
             from asyncjobs.metrics import WorkerMetrics  # only then: its import takes ~0.1 s
 
             self.metrics = WorkerMetrics(self.id, concurrency, lambda: len(self._running))

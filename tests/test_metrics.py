@@ -213,6 +213,8 @@ async def test_worker_endpoint_counts_its_runs(dsn: str) -> None:
 
 async def test_a_taken_metrics_port_is_a_configuration_error(dsn: str) -> None:
     app = _shop()
+    with pytest.raises(ConfigurationError, match="metrics_port must be 0 to 65535"):
+        app.worker(dsn, metrics_port=70000)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
