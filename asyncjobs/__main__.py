@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from asyncjobs import cli_ops
 from asyncjobs.app import App
-from asyncjobs.errors import AsyncJobsError, ConfigurationError
+from asyncjobs.errors import (
+    AsyncJobsError,
+    ConfigurationError,
+)
+from asyncjobs.rules import storable
 from asyncjobs.trace import build_tree, render_tree
 
 if TYPE_CHECKING:
@@ -424,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except AsyncJobsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # the message may quote the input, lone surrogates (from undecodable argv bytes) too
+        print(f"error: {storable(str(exc))}", file=sys.stderr)
         return 1
 
 

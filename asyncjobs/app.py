@@ -23,6 +23,7 @@ from asyncjobs.hooks import (
 from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job
 from asyncjobs.remote import stored_schema
 from asyncjobs.retry import RetryOn, RetryPolicy
+from asyncjobs.rules import check_name
 from asyncjobs.schedules import (
     DEFAULT_MISFIRE,
     MisfirePolicy,
@@ -75,8 +76,7 @@ class App:
 
     def queue(self, name: str, *, max_concurrency: int | None = None) -> None:
         """Declare a queue; ``max_concurrency`` caps its running runs across all workers."""
-        if not name or len(name) > 200:
-            raise ConfigurationError("queue name must be 1 to 200 characters")
+        check_name(name, "queue name", ConfigurationError)
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"queue {name!r}: max_concurrency must be at least 1")
         self.queues[name] = QueueDefinition(name, max_concurrency)
@@ -183,8 +183,9 @@ class App:
         return _JobDecorator(register)
 
     def _add(self, job: Job[Any, Any]) -> None:
-        if not job.name or len(job.name) > 200:
-            raise ConfigurationError("job name must be 1 to 200 characters")
+        for taken in (job.name, *job.aliases):
+            check_name(taken, "job name", ConfigurationError)
+        check_name(job.queue, f"job {job.name!r}: queue name", ConfigurationError)
         for taken in (job.name, *job.aliases):
             if taken in self.jobs or taken in self._aliases:
                 raise ConfigurationError(f"a job named {taken!r} is already registered")
@@ -279,9 +280,21 @@ class App:
         return lambda hook: self.hooks.add(event, hook)
 
     def get_job(self, name: str | Job[Any, Any]) -> Job[Any, Any]:
-        """A registered job by name or alias; raises ``UnknownJob``."""
+        """A registered job by name or alias, or a ``Job`` registered here (``options()``
+        copies included); raises ``UnknownJob``. A ``Job`` of another ``App`` is refused,
+        even under a name this app knows: no worker of this app would ever run it."""
         if isinstance(name, Job):
+            if self.jobs.get(name.name) is not name.origin:
+                raise UnknownJob(
+                    name.name,
+                    f"job {name.name!r} is not registered in App {self.name!r} "
+                    "(is it a job of another App?)",
+                )
             return name
+        if not isinstance(name, str):
+            raise InvalidArguments(
+                f"a job is given by name (a str) or as a Job, got {type(name).__name__}"
+            )
         job = self.jobs.get(self._aliases.get(name, name))
         if job is None:
             raise UnknownJob(name)

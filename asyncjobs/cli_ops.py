@@ -24,6 +24,7 @@ import orjson
 
 from asyncjobs.client import Client, Run
 from asyncjobs.errors import InvalidArguments, RunTimeout
+from asyncjobs.remote import shown_args
 from asyncjobs.results import RunResult
 from asyncjobs.runs import RunEvent, RunRecord, RunStatus
 from asyncjobs.trace import build_tree, render_tree
@@ -126,8 +127,9 @@ async def cmd_show(args: argparse.Namespace, dsn: str) -> int:
         run = await client.get_run(args.run_id)
         events = await _last_events(client, run.id, args.events)
         tree = await client.get_runs(root_run_id=run.root_run_id or run.id, limit=1000)
+        shown = await shown_args(client, run)  # redacted by the rules the workers stored
     print(_describe(run))
-    print(f"arguments: {_pretty(run.args)}")
+    print(f"arguments: {_pretty(shown)}")
     if run.status is RunStatus.SUCCEEDED:
         print(f"result: {_pretty(run.result)}")
     if run.error:

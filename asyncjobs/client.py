@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import anyio
 
-from asyncjobs import telemetry
+from asyncjobs import inputs, telemetry
 from asyncjobs.backends.base import (
     Backend,
     Enqueued,
@@ -22,7 +22,6 @@ from asyncjobs.backends.base import (
     NewRun,
     PruneResult,
     QueueState,
-    RunFilter,
 )
 from asyncjobs.context import current_context
 from asyncjobs.errors import (
@@ -40,6 +39,7 @@ from asyncjobs.feed import DEFAULT_GRACE, NotifySource, TraceUpdate, resolve_roo
 from asyncjobs.jobs import Job, OnDuplicate
 from asyncjobs.remote import JobDirectory, JobRef
 from asyncjobs.results import RunResult, run_result
+from asyncjobs.rules import check_int, check_text
 from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleState
 from asyncjobs.summary import JobSummary, LastSuccess
@@ -206,6 +206,12 @@ class Client:
     ) -> Run[R]:
         """Trigger by name with JSON-shaped arguments (HTTP API, other services), with the
         options of ``Job.options``. Works without the job's code (see ``trigger_async``)."""
+        if isinstance(job, Job):
+            job = self.app.get_job(job).name  # the app's own job (UnknownJob for another's)
+        elif not isinstance(job, str | JobRef):
+            raise InvalidArguments(
+                f"a job is given by name (a str) or as a JobRef, got {type(job).__name__}"
+            )
         ref = JobRef(job) if isinstance(job, str) else job
         ref = ref.options(priority=priority, not_before=not_before, not_after=not_after,
                           dedup_id=dedup_id, queue=queue, on_duplicate=on_duplicate)
@@ -235,9 +241,13 @@ class Client:
         return await run.result(wait_timeout)
 
     def _handle(self, job: JobLike) -> Job[Any, Any] | JobRef[Any]:
-        """A name the app defines → its ``Job``; any other name → a ``JobRef``."""
-        if not isinstance(job, str):
+        """A name the app defines → its ``Job``; any other name → a ``JobRef``. A ``Job``
+        must be the app's own (``UnknownJob`` for one of another ``App``: no worker of this
+        app would run it); anything else is ``InvalidArguments``."""
+        if isinstance(job, JobRef):
             return job
+        if not isinstance(job, str):
+            return self.app.get_job(job)
         try:
             return self.app.get_job(job)
         except UnknownJob:
@@ -273,16 +283,22 @@ class Client:
         """Enqueue many runs of one job in one round trip (all validated first; by name
         without the job's code, against the stored schema).
 
-        With ``on_duplicate="raise"`` (the default) a dedup conflict writes nothing.
+        With ``on_duplicate="raise"`` (the default) a dedup conflict writes nothing. A bad
+        item raises ``InvalidArguments`` naming its index, and nothing is written.
         """
         handle = self._handle(job)
         if isinstance(handle, JobRef):
             stored = await self._directory.lookup(handle.name)
-            encoded = [self._directory.encode(stored, a) for a in arguments]
+            encoded = inputs.encode_many(
+                stored.name, arguments, lambda a: self._directory.encode(stored, a)
+            )
             target = stored.target
             return await self._enqueue_as(handle.renamed(stored.name), target, encoded,
                                           Trigger.USER)
-        encoded = [handle.args.encode(handle.args.bind((), a)) for a in arguments]
+        job_args = handle.args
+        encoded = inputs.encode_many(
+            handle.name, arguments, lambda a: job_args.encode(job_args.bind((), a))
+        )
         return await self._enqueue(handle, encoded, Trigger.USER)
 
     @overload
@@ -388,6 +404,8 @@ class Client:
 
     async def wait(self, run_id: int, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal and return it (no error for failed runs)."""
+        run_id = inputs.run_id(run_id)
+        timeout = inputs.seconds(timeout, "timeout")
         context = current_context.get()
         with anyio.move_on_after(timeout) as scope:
             if context is not None:
@@ -400,7 +418,8 @@ class Client:
     # ------------------------------------------------------------------ reading
 
     async def get_run(self, run_id: int) -> RunRecord:
-        record = await self.backend.get_run(run_id)
+        """One run; raises ``RunNotFound``."""
+        record = await self.backend.get_run(inputs.run_id(run_id))
         if record is None:
             raise RunNotFound(run_id)
         return record
@@ -420,18 +439,18 @@ class Client:
     ) -> RunPage:
         """Runs newest first, filtered; pass ``page.next_cursor`` back for the next page.
 
-        ``created_after`` is inclusive, ``created_before`` exclusive.
+        ``created_after`` is inclusive, ``created_before`` exclusive. A filter it cannot use
+        (an unknown status, a NUL in ``job``, a limit outside 1..1000) raises
+        ``InvalidArguments``.
         """
-        if not 1 <= limit <= 1000:
-            raise InvalidArguments("limit must be between 1 and 1000")
-        where = RunFilter(
+        where = inputs.run_filter(
             job=job,
-            status=None if status is None else _enum(RunStatus, status),
+            status=status,
             parent_run_id=parent_run_id,
             root_run_id=root_run_id,
-            trigger=None if trigger is None else _enum(Trigger, trigger),
-            before_id=cursor,
+            trigger=trigger,
             limit=limit,
+            cursor=cursor,
             created_after=created_after,
             created_before=created_before,
         )
@@ -439,7 +458,13 @@ class Client:
         return RunPage(runs, runs[-1].id if len(runs) == limit else None)
 
     async def get_events(self, run_id: int, after_id: int = 0, limit: int = 1000) -> list[RunEvent]:
-        """Progress, log and state-change events of one run, oldest first."""
+        """Progress, log and state-change events of one run, oldest first (``limit`` at most
+        1000); an id no run can have gives no events."""
+        after_id, limit = inputs.event_window(after_id, limit)
+        try:
+            run_id = inputs.run_id(run_id)
+        except RunNotFound:
+            return []
         return await self.backend.get_events(run_id, after_id, limit)
 
     # ------------------------------------------------------------------ watching
@@ -463,8 +488,9 @@ class Client:
                 for event in update.events:
                     print(event.run_id, event.kind, event.data)
         """
-        root = await resolve_root(self.backend, run_id)
-        cursor = EventCursor.parse(after) if isinstance(after, str) else after
+        root = await resolve_root(self.backend, inputs.run_id(run_id))
+        cursor = _cursor(after)
+        inputs.seconds(poll_interval, "poll_interval", allow_none=False)
         async with (
             NotifySource(self.backend, poll_interval) as source,
             contextlib.aclosing(
@@ -478,8 +504,8 @@ class Client:
         """Retention: delete the trace trees (runs and their events) whose runs all finished
         more than ``older_than`` ago, ``batch_size`` trees per statement. Trees with an
         active run are kept whole. Returns what was deleted."""
-        if older_than < timedelta(0) or batch_size < 1:
-            raise InvalidArguments("older_than must not be negative and batch_size positive")
+        inputs.duration(older_than, "older_than")
+        check_int(batch_size, "batch_size", InvalidArguments, 1, 100_000)
         cutoff = datetime.now(UTC) - older_than
         total = PruneResult()
         while True:
@@ -502,6 +528,9 @@ class Client:
         With ``cascade=True`` every descendant run is cancelled too. Returns the affected
         runs and their status right after the call; a finished run is left as it is.
         """
+        run_id = inputs.run_id(run_id)
+        if not isinstance(cascade, bool):
+            raise InvalidArguments(f"cascade must be True or False, got {cascade!r:.60}")
         changed = await self.backend.cancel(run_id, cascade)
         if not changed and await self.backend.get_run(run_id) is None:
             raise RunNotFound(run_id)
@@ -523,8 +552,7 @@ class Client:
             raise ConfigurationError(f"job {name!r} is not registered in the database yet")
 
     async def set_queue_enabled(self, name: str, enabled: bool) -> None:
-        if not await self.backend.set_enabled("queue", name, enabled):
-            raise ConfigurationError(f"queue {name!r} is not registered in the database yet")
+        await self.set_enabled("queue", name, enabled)
 
     # ------------------------------------------------------------------ schedules and insight
 
@@ -537,8 +565,11 @@ class Client:
         """Switch a ``"job"``, ``"queue"`` or ``"schedule"`` by name (the CLI's
         ``asyncjobs enable|disable``). A job name may be an alias of a job this client's app
         knows; unknown names raise ``ConfigurationError``."""
-        if kind not in ("job", "queue", "schedule"):
+        if not isinstance(kind, str) or kind not in ("job", "queue", "schedule"):
             raise ConfigurationError(f"cannot enable or disable a {kind!r}")
+        check_text(name, f"{kind} name", InvalidArguments)
+        if not isinstance(enabled, bool):
+            raise InvalidArguments(f"enabled must be True or False, got {enabled!r:.60}")
         if kind == "job":
             with contextlib.suppress(UnknownJob):
                 name = self.app.get_job(name).name
@@ -561,6 +592,8 @@ class Client:
         A worker counts as live if its heartbeat is at most ``worker_ttl`` seconds old.
         Raises ``RunNotFound``.
         """
+        run_id = inputs.run_id(run_id)
+        inputs.seconds(worker_ttl, "worker_ttl", allow_none=False, allow_zero=True)
         facts = await self.backend.run_facts(run_id, worker_ttl)
         if facts is None:
             raise RunNotFound(run_id)
@@ -573,6 +606,7 @@ class Client:
         those finished, and the last successful run ever. Runs stored under the job's
         aliases count as its own."""
         names = self._job_names(job)
+        inputs.duration(window, "window")
         return await self.backend.job_summary(names, window.total_seconds())
 
     async def last_success(self, job: str | Job[Any, Any]) -> LastSuccess | None:
@@ -582,6 +616,7 @@ class Client:
     def _job_names(self, job: str | Job[Any, Any]) -> list[str]:
         if isinstance(job, Job):
             return [job.name, *job.aliases]
+        check_text(job, "job", InvalidArguments)
         try:
             known = self.app.get_job(job)
         except UnknownJob:
@@ -595,12 +630,15 @@ def _absolute(value: datetime | timedelta | None, now: datetime) -> datetime | N
     return value
 
 
-def _enum(kind: type[RunStatus] | type[Trigger], value: Any) -> Any:
+def _cursor(after: EventCursor | str | None) -> EventCursor | None:
+    if after is None or isinstance(after, EventCursor):
+        return after
+    if not isinstance(after, str):
+        raise InvalidArguments(f"after must be an event cursor, got {type(after).__name__}")
     try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)
-        raise InvalidArguments(f"{value!r} is not one of: {allowed}") from None
+        return EventCursor.parse(after)
+    except ValueError as exc:
+        raise InvalidArguments(str(exc)) from None
 
 
 def _fields(ref: JobRef[Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pydantic
 import pydantic_core
 
 from asyncjobs.errors import ConfigurationError, InvalidArguments
-from asyncjobs.rules import storable_json
+from asyncjobs.rules import storable, storable_json, unstorable_reason
 
 #: Largest accepted encoded arguments, in bytes (per App; see ``App(max_args_bytes=...)``).
 DEFAULT_MAX_ARGS_BYTES = 256 * 1024
@@ -73,24 +73,24 @@ class ArgsCodec:
         return dict(bound.arguments)
 
     def encode(self, arguments: Mapping[str, Any]) -> str:
-        """Validate python values and return the JSON text to store."""
+        """Validate python values and return the JSON text to store. Anything PostgreSQL or
+        JSON cannot hold is refused with ``InvalidArguments`` naming the argument, never
+        rewritten."""
         if self.flat:
             validated = self._validate(lambda: self.model.model_validate(dict(arguments)))
-            if any(isinstance(v, int) and not _INT64_MIN <= v <= _UINT64_MAX
-                   for v in validated.__dict__.values()):
-                # JSON readers (orjson too) turn such numbers into floats: refuse, as dumps does
-                raise InvalidArguments(f"{self.job_name}: integers must fit in 64 bits")
-            text = validated.model_dump_json(by_alias=True)
-            if has_nul_escape(text):
-                raise InvalidArguments(f"{self.job_name}: strings may not contain NUL characters")
+            self._check_scalars(validated)
+            text: str = self._dump(validated, lambda: validated.model_dump_json(by_alias=True))
         else:
             check_shape(arguments, self.job_name)
             validated = self._validate(lambda: self.model.model_validate(dict(arguments)))
-            plain = validated.model_dump(mode="json", by_alias=True)
-            check_shape(plain, self.job_name)
+            plain = self._dump(validated, lambda: validated.model_dump(mode="json", by_alias=True))
+            if check_shape(plain, self.job_name):
+                # pydantic's JSON mode rewrites a key it cannot encode as U+FFFD: look at the
+                # keys as given, so that a caller's key is refused, not silently changed
+                check_shape(validated.model_dump(by_alias=True), self.job_name)
             try:
                 text = dumps(plain)
-            except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+            except (orjson.JSONEncodeError, TypeError) as exc:  # e.g. an integer beyond 64 bits
                 raise InvalidArguments(f"{self.job_name}: {exc}") from None
         size = len(text.encode())
         if size > self.max_bytes:
@@ -99,6 +99,45 @@ class ArgsCodec:
                 f"above the limit of {self.max_bytes}"
             )
         return text
+
+    def _check_scalars(self, validated: pydantic.BaseModel) -> None:
+        """The flat path's checks: every value is a scalar, so no walk is needed."""
+        for name, value in validated.__dict__.items():
+            if isinstance(value, str):
+                if value.isascii() and "\x00" not in value:
+                    continue
+                reason = unstorable_reason(value)
+                if reason is not None:
+                    where = [self._parameter(validated, name)]
+                    raise _refused(self.job_name, where, f"cannot be stored: {reason}")
+            elif isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+                # JSON readers (orjson too) turn such numbers into floats: refuse, as dumps does
+                where = [self._parameter(validated, name)]
+                raise _refused(self.job_name, where, "integers must fit in 64 bits")
+
+    @staticmethod
+    def _parameter(validated: pydantic.BaseModel, field: str) -> str:
+        """The parameter name of a field of the argument model (fields are p0, p1...)."""
+        return type(validated).model_fields[field].alias or field
+
+    def _dump(self, validated: pydantic.BaseModel, dump: Callable[[], Any]) -> Any:
+        """Run pydantic's serializer; a value it cannot write names its argument."""
+        try:
+            return dump()
+        except (ValueError, TypeError, RecursionError) as exc:  # PydanticSerializationError too
+            where = self._failing_field(validated)
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, RecursionError) or "depth exceeded" in detail:
+                detail = f"nested deeper than {MAX_NESTING} levels, or circular"
+            raise _refused(self.job_name, where, f"cannot be stored as JSON: {detail}") from None
+
+    def _failing_field(self, validated: pydantic.BaseModel) -> list[str | int]:
+        for name in type(validated).model_fields:
+            try:
+                validated.model_dump(mode="json", include={name})
+            except (ValueError, TypeError, RecursionError):
+                return [self._parameter(validated, name)]
+        return []
 
     def encode_json(self, arguments: Mapping[str, Any]) -> str:
         """Validate JSON-shaped values (from the HTTP API or a name trigger)."""
@@ -119,6 +158,8 @@ class ArgsCodec:
     def _validate(self, check: Callable[[], pydantic.BaseModel]) -> pydantic.BaseModel:
         try:
             return check()
+        except RecursionError:
+            raise InvalidArguments(f"{self.job_name}: arguments are nested too deeply") from None
         except pydantic.ValidationError as exc:
             errors = [
                 {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
@@ -226,25 +267,77 @@ def has_nul_escape(json_text: str) -> bool:
     return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
 
 
-def check_shape(value: Any, job_name: str) -> None:
-    """Refuse what PostgreSQL or JSON cannot hold: NUL characters, very deep nesting, and
-    NaN/Infinity (in untyped values pydantic lets them through and JSON would say null)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
+#: where a value sits in the arguments: ``(parent, key)`` links, ``None`` at the top
+_Where = tuple[Any, Any] | None
+#: the key of the value ``check_shape`` starts from (it has none)
+_TOP = object()
+
+
+def check_shape(value: Any, job_name: str) -> bool:
+    """Refuse what PostgreSQL or JSON cannot hold, naming where it is: NUL characters and
+    lone surrogates in strings and keys, very deep nesting, and NaN/Infinity (in untyped
+    values pydantic lets them through and JSON would say null).
+
+    Returns whether a key holds U+FFFD, the replacement character (see ``encode``)."""
+    replaced = False
+    # (item, depth, where its parent is, its key there): a container's own location is made
+    # only when it is entered, so a leaf costs one tuple
+    stack: list[tuple[Any, int, _Where, Any]] = [(value, 0, None, _TOP)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise InvalidArguments(f"{job_name}: strings may not contain NUL characters")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise InvalidArguments(f"{job_name}: NaN and Infinity are not JSON numbers")
-        elif isinstance(item, Mapping):
-            _check_depth(depth, job_name)
-            stack.extend((key, depth + 1) for key in item)
-            stack.extend((child, depth + 1) for child in item.values())
+        item, depth, parent, key = stack.pop()
+        if isinstance(item, Mapping):
+            where = parent if key is _TOP else (parent, key)
+            _check_depth(depth, job_name, where)
+            for name, child in item.items():
+                if isinstance(name, str):
+                    _check_text(name, job_name, (where, name), "key")
+                    replaced = replaced or "\ufffd" in name
+                else:
+                    _check_scalar(name, job_name, (where, name))
+                stack.append((child, depth + 1, where, name))
         elif isinstance(item, list | tuple | set | frozenset):
-            _check_depth(depth, job_name)
-            stack.extend((child, depth + 1) for child in item)
+            where = parent if key is _TOP else (parent, key)
+            _check_depth(depth, job_name, where)
+            stack.extend((child, depth + 1, where, n) for n, child in enumerate(item))
+        elif isinstance(item, str | float):
+            _check_scalar(item, job_name, parent if key is _TOP else (parent, key))
+    return replaced
+
+
+def _check_scalar(item: Any, job_name: str, where: _Where) -> None:
+    if isinstance(item, str):
+        if not item.isascii() or "\x00" in item:
+            _check_text(item, job_name, where, "string")
+    elif isinstance(item, float) and not math.isfinite(item):
+        raise _refused(job_name, _path(where), "NaN and Infinity are not JSON numbers")
+
+
+def _check_text(text: str, job_name: str, where: _Where, what: str) -> None:
+    reason = None if text.isascii() and "\x00" not in text else unstorable_reason(text)
+    if reason is not None:
+        raise _refused(job_name, _path(where), f"this {what} cannot be stored: {reason}")
+
+
+def _path(where: _Where) -> list[str | int]:
+    parts: list[str | int] = []
+    while where is not None:
+        where, key = where
+        parts.append(key)
+    return parts[::-1]
+
+
+def _refused(job_name: str, path: list[Any], message: str) -> InvalidArguments:
+    """``InvalidArguments`` naming the job and the argument (``payload['k'][0]``); the
+    location is printable and storable however odd the caller's keys are."""
+    loc = [p if isinstance(p, int) and not isinstance(p, bool) else storable(str(p)) for p in path]
+    text = "".join(
+        (p if n == 0 else f".{p}") if isinstance(p, str) and p.isidentifier() else f"[{p!r}]"
+        for n, p in enumerate(path)
+    )
+    where = f"{text}: " if text else ""
+    return InvalidArguments(
+        f"{job_name}: {where}{message}", [{"loc": loc, "msg": message, "type": "value_error"}]
+    )
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -260,9 +353,10 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def _check_depth(depth: int, job_name: str) -> None:
+def _check_depth(depth: int, job_name: str, where: _Where) -> None:
     if depth >= MAX_NESTING:
-        raise InvalidArguments(f"{job_name}: arguments are nested deeper than {MAX_NESTING} levels")
+        message = f"arguments are nested deeper than {MAX_NESTING} levels"
+        raise _refused(job_name, _path(where), message)
 
 
 def _summarize(errors: list[dict[str, Any]]) -> str:

@@ -4,8 +4,9 @@ Every error derives from :class:`AsyncJobsError`, so one ``except`` catches them
 
     AsyncJobsError
     ├── ConfigurationError        a job, queue or option is declared wrongly
-    ├── UnknownJob                no job of that name is registered
-    ├── InvalidArguments          arguments fail validation (types, size, depth, NaN, NUL)
+    ├── UnknownJob                no job of that name is registered (or a Job of another App)
+    ├── InvalidArguments          arguments fail validation (types, size, depth, NaN, NUL),
+    │                             or a read's filter or limit is unusable
     ├── DuplicateRun              a pending/running run already holds the dedup id
     ├── RunNotFound               no run with that id
     ├── SchemaMismatch            the database schema is older or newer than this code
@@ -69,20 +70,25 @@ class UnknownJob(AsyncJobsError):
     """No job of that name is registered.
 
     Raised by ``Client.trigger_async`` when triggering by name: the client's app does not
-    define it and no worker has stored it in the database (``detail`` says which).
+    define it and no worker has stored it in the database (``detail`` says which); and when
+    given a ``Job`` object that is not the one registered in the client's app (a job of
+    another ``App``, ``message`` says so).
     """
 
-    def __init__(self, name: str, detail: str | None = None) -> None:
-        message = f"no job named {name!r} is registered"
-        super().__init__(f"{message}: {detail}" if detail else message)
+    def __init__(self, name: str, detail: str | None = None, *, message: str | None = None) -> None:
+        default = f"no job named {name!r} is registered"
+        super().__init__(message or (f"{default}: {detail}" if detail else default))
         self.name = name
 
 
 class InvalidArguments(AsyncJobsError):
-    """The arguments of a run failed validation; no row was written.
+    """The arguments of a run, or of a call, failed validation; no row was written.
 
-    Raised by ``Client.trigger_async`` before anything reaches the database. ``errors`` holds
-    pydantic's structured error list when the failure came from type validation.
+    Raised by ``Client.trigger_async`` / ``trigger_json`` / ``trigger_many`` before anything
+    reaches the database (the message names the job and the argument), and by the reads
+    (``get_runs``, ``get_events``...) for a filter or limit they cannot use. ``errors``
+    holds structured entries (``loc``, ``msg``, ``type``), pydantic's when the failure came
+    from type validation.
     """
 
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
@@ -107,7 +113,9 @@ class DuplicateRun(AsyncJobsError):
 
 
 class RunNotFound(AsyncJobsError):
-    """No run with that id exists. Raised by ``Client.get_run`` and ``Client.cancel``."""
+    """No run with that id exists (an id beyond ``bigint`` included).
+
+    Raised by ``Client.get_run``, ``cancel``, ``explain`` and ``watch``."""
 
     def __init__(self, run_id: int) -> None:
         super().__init__(f"no run with id {run_id}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
+from asyncjobs import inputs
 from asyncjobs.backends.base import Backend, Notification, RunFilter
 from asyncjobs.errors import RunNotFound
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus
@@ -235,8 +236,9 @@ class FeedReader:
 
 
 async def resolve_root(backend: Backend, run_id: int) -> int:
-    """The root of the tree a run belongs to; raises ``RunNotFound``."""
-    run = await backend.get_run(run_id)
+    """The root of the tree a run belongs to; raises ``RunNotFound`` (``InvalidArguments``
+    for an id that is not an integer)."""
+    run = await backend.get_run(inputs.run_id(run_id))
     if run is None:
         raise RunNotFound(run_id)
     return run.root_run_id or run.id

@@ -8,13 +8,15 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
 from asyncjobs.context import Context
 from asyncjobs.errors import ConfigurationError
+from asyncjobs.redact import resolve_paths
 from asyncjobs.retry import RetryPolicy
+from asyncjobs.rules import check_int, check_name
 from asyncjobs.threads import in_thread
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ MAX_RESTARTS_LIMIT = 2**31 - 1
 PRIORITY_RANGE = range(-32768, 32768)
 
 OnDuplicate = Literal["raise", "return"]
+#: how far ``not_before`` / ``not_after`` given as a timedelta may reach, either way
+MAX_OFFSET = timedelta(days=36525)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +53,52 @@ class RunOptions:
     wait_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.priority is not None and self.priority not in PRIORITY_RANGE:
-            raise ConfigurationError(f"priority must be in [-32768, 32767], got {self.priority}")
-        for name in ("not_before", "not_after"):
-            value = getattr(self, name)
-            if isinstance(value, datetime) and value.tzinfo is None:
-                raise ConfigurationError(f"{name} must be timezone-aware, got {value!r}")
-        if self.dedup_id is not None and not 0 < len(self.dedup_id) <= 200:
-            raise ConfigurationError("dedup_id must be 1 to 200 characters")
-        if self.dedup_id is not None and "\x00" in self.dedup_id:
-            raise ConfigurationError("dedup_id may not contain NUL characters")
-        if self.on_duplicate not in ("raise", "return"):
-            raise ConfigurationError("on_duplicate must be 'raise' or 'return'")
+        """Checked when set, so that a bad option fails at ``options()``, before any row."""
+        if self.priority is not None:
+            check_int(self.priority, "priority", ConfigurationError, PRIORITY_RANGE.start,
+                      PRIORITY_RANGE.stop - 1)
+        _check_when(self.not_before, "not_before")
+        _check_when(self.not_after, "not_after")
+        if self.dedup_id is not None:
+            check_name(self.dedup_id, "dedup_id", ConfigurationError)
+        if self.queue is not None:
+            check_name(self.queue, "queue", ConfigurationError)
+        if not isinstance(self.on_duplicate, str) or self.on_duplicate not in ("raise", "return"):
+            raise ConfigurationError(
+                f"on_duplicate must be 'raise' or 'return', got {self.on_duplicate!r}"
+            )
+        _check_wait_timeout(self.wait_timeout)
+
+
+def _check_when(value: object, name: str) -> None:
+    """``not_before`` / ``not_after``: an aware datetime, or an offset from the trigger."""
+    if value is None:
+        return
+    if isinstance(value, timedelta):
+        if not -MAX_OFFSET <= value <= MAX_OFFSET:  # abs(timedelta.min) overflows
+            raise ConfigurationError(f"{name} must be within 100 years of now, got {value}")
+    elif isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ConfigurationError(f"{name} must be timezone-aware, got {value!r}")
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ConfigurationError(f"{name} is out of range: {value!r}") from None
+    else:
+        raise ConfigurationError(
+            f"{name} must be a timezone-aware datetime or a timedelta, got {type(value).__name__}"
+        )
+
+
+def _check_wait_timeout(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigurationError(
+            f"wait_timeout must be a number of seconds, got {type(value).__name__}"
+        )
+    if not value > 0:  # NaN too
+        raise ConfigurationError(f"wait_timeout must be positive, got {value}")
 
 
 class Job(Generic[P, R]):
@@ -110,6 +148,9 @@ class Job(Generic[P, R]):
         self.fn: Callable[..., Awaitable[R]] = (
             fn if self.is_async else in_thread(fn)  # type: ignore[assignment,arg-type]
         )
+        #: the ``Job`` that ``options()`` copies come from: what an ``App`` registers, so that
+        #: a job of another app (even one of the same name) is told apart by identity
+        self.origin: Job[P, R] = self
         self.name = name
         self.queue = queue
         self.max_concurrency = max_concurrency
@@ -124,7 +165,8 @@ class Job(Generic[P, R]):
         self.args: ArgsCodec = args_codec(name, signature, hints, max_args_bytes)
         self.result: ResultCodec = result_codec(name, hints.get("return", inspect.Signature.empty))
         #: argument paths (``"password"``, ``"card.number"``) the dashboard never shows
-        self.redact = _redact_paths(name, redact, signature)
+        self.redact_keys = resolve_paths(name, redact, self.args.model)
+        self.redact = tuple(redact)
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} queue={self.queue!r}>"
@@ -156,15 +198,18 @@ class Job(Generic[P, R]):
     ) -> Job[P, R]:
         """The same job with trigger options set; the job's own signature is kept."""
         current = self.default_options
-        merged = RunOptions(
-            priority=current.priority if priority is None else priority,
-            not_before=current.not_before if not_before is None else not_before,
-            not_after=current.not_after if not_after is None else not_after,
-            dedup_id=current.dedup_id if dedup_id is None else dedup_id,
-            queue=current.queue if queue is None else queue,
-            on_duplicate=current.on_duplicate if on_duplicate is None else on_duplicate,
-            wait_timeout=current.wait_timeout if wait_timeout is None else wait_timeout,
-        )
+        try:
+            merged = RunOptions(
+                priority=current.priority if priority is None else priority,
+                not_before=current.not_before if not_before is None else not_before,
+                not_after=current.not_after if not_after is None else not_after,
+                dedup_id=current.dedup_id if dedup_id is None else dedup_id,
+                queue=current.queue if queue is None else queue,
+                on_duplicate=current.on_duplicate if on_duplicate is None else on_duplicate,
+                wait_timeout=current.wait_timeout if wait_timeout is None else wait_timeout,
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"job {self.name!r}: {exc}") from None
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.default_options = merged
@@ -190,19 +235,6 @@ class Job(Generic[P, R]):
             priority=self.priority if options.priority is None else options.priority,
             queue=options.queue or self.queue,
         )
-
-
-def _redact_paths(name: str, paths: Sequence[str], signature: inspect.Signature) -> tuple[str, ...]:
-    """Check redaction paths against the parameters: a typo must not leak a secret."""
-    if isinstance(paths, str):
-        raise ConfigurationError(f"job {name!r}: redact takes a list of names, not a string")
-    for path in paths:
-        first = path.split(".", 1)[0]
-        if not path or "" in path.split(".") or first not in signature.parameters:
-            raise ConfigurationError(
-                f"job {name!r}: cannot redact {path!r}: {first!r} is not one of its parameters"
-            )
-    return tuple(paths)
 
 
 def _split_signature(

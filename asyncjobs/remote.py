@@ -27,6 +27,7 @@ from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
 from asyncjobs.errors import InvalidArguments, UnknownJob
 from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
+from asyncjobs.redact import REDACTED, KeyPath, redact_args
 from asyncjobs.rules import check_name
 from asyncjobs.runs import RunRecord, Trigger
 from asyncjobs.schema_validation import compile_schema, validate
@@ -39,6 +40,8 @@ R = TypeVar("R")
 
 #: the member of a stored argument schema that holds the trigger defaults
 EXTENSION = "x-asyncjobs"
+#: what ``shown_args`` shows for a job whose redaction rules are not stored
+UNKNOWN_REDACTION = {REDACTED: "no worker stored this job's redaction rules"}
 
 
 def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
@@ -49,8 +52,31 @@ def stored_schema(job: Job[Any, Any]) -> dict[str, Any]:
         "max_attempts": job.retry.max_attempts,
         "max_restarts": job.max_restarts,
         "aliases": list(job.aliases),
+        # the stored key paths of ``redact``: a reader without the code hides them too
+        "redact": [list(path) for path in job.redact_keys],
     }
     return schema
+
+
+def stored_redaction(args_schema: dict[str, Any] | None) -> tuple[KeyPath, ...] | None:
+    """The key paths a stored job redacts; ``None`` when the row does not say (no row, or
+    one stored by a worker that predates redaction rules in the row): hide everything."""
+    paths = ((args_schema or {}).get(EXTENSION) or {}).get("redact")
+    if not isinstance(paths, list):
+        return None
+    return tuple(tuple(str(key) for key in path) for path in paths if isinstance(path, list))
+
+
+async def shown_args(client: Client, run: RunRecord) -> dict[str, Any]:
+    """A run's arguments as a reader without the job's code may show them: with the
+    redaction rules the workers stored, or hidden whole when there are none to read."""
+    keys: tuple[KeyPath, ...] | None = None
+    if isinstance(client.backend, DefinitionStore):
+        row = await client.backend.get_job_definition(run.job, None)
+        keys = stored_redaction(row.args_schema if row is not None else None)
+    if keys is None:
+        return dict(UNKNOWN_REDACTION)
+    return redact_args(run.args, keys)
 
 
 #: results left as JSON values (one adapter for every untyped reference)

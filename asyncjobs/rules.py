@@ -20,6 +20,8 @@ MAX_NAME_CHARS = 200
 #: Longest log line, status message or error message the worker stores; longer ones are cut
 #: (and say so).
 MAX_MESSAGE_CHARS = 4000
+#: Largest value of a PostgreSQL ``bigint`` (run and event ids, cursors).
+BIGINT_MAX = 2**63 - 1
 
 
 def unstorable_reason(text: str) -> str | None:
@@ -51,6 +53,32 @@ def check_name(name: object, what: str, error: type[Exception]) -> str:
     if not 0 < len(name) <= MAX_NAME_CHARS:
         raise error(f"{what} must be 1 to {MAX_NAME_CHARS} characters, got {len(name)}")
     return check_storable(name, what, error)
+
+
+def check_text(text: object, what: str, error: type[Exception]) -> str:
+    """Free text a caller filters by (e.g. a job name in ``get_runs``): any length, storable."""
+    if not isinstance(text, str):
+        raise error(f"{what} must be a string, got {type(text).__name__}")
+    reason = unstorable_reason(text)
+    if reason is not None:
+        raise error(f"{what} is not text PostgreSQL can take: {reason}")
+    return text
+
+
+def check_int(
+    value: object, what: str, error: type[Exception], low: int = 0, high: int = BIGINT_MAX
+) -> int:
+    """An integer (``bool`` is not one here) within ``[low, high]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise error(f"{what} must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise error(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def is_row_id(value: object) -> bool:
+    """Whether ``value`` could be the id of a row: an ``int`` in ``[1, BIGINT_MAX]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= BIGINT_MAX
 
 
 def storable(text: str, limit: int | None = None) -> str:

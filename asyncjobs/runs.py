@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from asyncjobs.rules import BIGINT_MAX
+
 
 class RunStatus(enum.StrEnum):
     """Where a run is in its life. ``pending → running → one of the terminal states``."""
@@ -159,4 +161,8 @@ class EventCursor:
         xid, sep, event_id = text.strip().partition("-")
         if not sep or not xid.isdigit() or not event_id.isdigit() or len(text) > 41:
             raise ValueError(f"not an event cursor: {text[:50]!r}")
-        return cls(int(xid), int(event_id))
+        cursor = cls(int(xid), int(event_id))
+        # xid8 is unsigned 64-bit, an event id a bigint: no stored event lies beyond
+        if cursor.xid >= 2**64 or cursor.id > BIGINT_MAX:
+            raise ValueError(f"not an event cursor (out of range): {text[:50]!r}")
+        return cursor

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from asyncjobs import inputs
 from asyncjobs.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -20,6 +23,7 @@ from asyncjobs.errors import (
     RunNotFound,
     UnknownJob,
 )
+from asyncjobs.rules import storable, storable_json
 from asyncjobs.runs import EventCursor, RunStatus, Trigger
 from asyncjobs.web.serialize import dumps
 
@@ -50,7 +54,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status)
+    # a message may quote the request (a name with a lone surrogate): JSON must hold it
+    body = {"type": kind, "message": storable(message), **storable_json(extra)}
+    return JSONResponse({"error": body}, status)
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
@@ -93,7 +99,7 @@ def run_filters(request: Request) -> dict[str, Any]:
         raise ApiError(400, "BadRequest", f"unknown status {status[:50]!r}")
     if trigger is not None and trigger not in {t.value for t in Trigger}:
         raise ApiError(400, "BadRequest", f"unknown trigger {trigger[:50]!r}")
-    return {
+    filters = {
         "job": query.get("job") or None,
         "status": status,
         "trigger": trigger,
@@ -102,6 +108,8 @@ def run_filters(request: Request) -> dict[str, Any]:
         "created_after": optional_time(query.get("since"), "since"),
         "created_before": optional_time(query.get("until"), "until"),
     }
+    inputs.run_filter(**filters)  # the client's own checks, now: a stream must not fail later
+    return filters
 
 
 def optional_int(text: str | None, name: str) -> int | None:
@@ -150,7 +158,40 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ApiError(400, "BadRequest", "the body must be a JSON object")
+    if _has_huge_float(value):
+        _refuse_huge_integers(body)
     return value
+
+
+def _has_huge_float(value: Any) -> bool:
+    """Whether a float lies beyond 64-bit integers: orjson reads an integer literal that
+    large as a float, which would store a number the caller did not send."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and abs(item) >= 2**63:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _refuse_huge_integers(body: bytes) -> None:
+    """Read the body again, telling integer literals from floats (rare: see above)."""
+
+    def integer(text: str) -> int:
+        number = int(text)
+        if not -(2**63) <= number < 2**64:
+            raise ApiError(422, "InvalidArguments", f"integer {text[:30]} does not fit in 64 bits",
+                           errors=[])
+        return number
+
+    try:
+        json.loads(body, parse_int=integer)
+    except RecursionError:
+        raise ApiError(400, "BadRequest", "the body is nested too deeply") from None
 
 
 def enabled_flag(body: dict[str, Any]) -> bool:
@@ -160,7 +201,18 @@ def enabled_flag(body: dict[str, Any]) -> bool:
     return enabled
 
 
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """starlette's own errors (no such route, method not allowed) as JSON like ours."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+    response = error_response(exc.status_code, kind, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Any]] = {
     ApiError: handle_error,
     AsyncJobsError: handle_error,
+    HTTPException: handle_http_error,
 }

@@ -17,9 +17,9 @@ from asyncjobs.backends.base import JobState, QueueState
 from asyncjobs.errors import UnknownJob
 from asyncjobs.feed import TraceUpdate
 from asyncjobs.jobs import Job
+from asyncjobs.redact import KeyPath, redact_args
 from asyncjobs.runs import RunEvent, RunRecord
 
-REDACTED = "[redacted]"
 #: what the args of a run of a job this app does not know show (``redact_unknown_jobs``)
 UNKNOWN_JOB_ARGS = {"[redacted]": "this job is not registered in the dashboard's app"}
 
@@ -31,28 +31,22 @@ class Redactor:
         self.app = app
         self.redact_unknown_jobs = redact_unknown_jobs
 
-    def paths(self, job_name: str) -> tuple[str, ...] | None:
-        """The job's redaction paths; ``None`` for a job the app does not know."""
+    def keys(self, job_name: str) -> tuple[KeyPath, ...] | None:
+        """The stored key paths the job redacts; ``None`` for a job the app does not know."""
         try:
-            return self.app.get_job(job_name).redact
+            return self.app.get_job(job_name).redact_keys
         except UnknownJob:
             return None
 
     def args(self, job_name: str, args: dict[str, Any]) -> dict[str, Any]:
-        paths = self.paths(job_name)
-        if paths is None:
+        keys = self.keys(job_name)
+        if keys is None:
             return dict(UNKNOWN_JOB_ARGS) if self.redact_unknown_jobs else args
-        if not paths:
-            return args
-        redacted = copy.deepcopy(args)
-        for path in paths:
-            _redact(redacted, path.split("."))
-        return redacted
+        return redact_args(args, keys)
 
     def schema(self, job_name: str, schema: dict[str, Any]) -> dict[str, Any]:
         """Mark redacted top-level fields ``writeOnly`` / ``format: password`` for the form."""
-        paths = self.paths(job_name) or ()
-        top = {p for p in paths if "." not in p}
+        top = {path[0] for path in self.keys(job_name) or () if len(path) == 1}
         properties = schema.get("properties")
         if not top or not isinstance(properties, dict):
             return schema
@@ -60,19 +54,6 @@ class Redactor:
         for name in top & marked["properties"].keys():
             marked["properties"][name].update(writeOnly=True, format="password")
         return marked
-
-
-def _redact(value: Any, path: list[str]) -> None:
-    if isinstance(value, list):
-        for item in value:
-            _redact(item, path)
-        return
-    if not isinstance(value, dict) or path[0] not in value:
-        return
-    if len(path) == 1:
-        value[path[0]] = REDACTED
-    else:
-        _redact(value[path[0]], path[1:])
 
 
 def run_json(run: RunRecord, redactor: Redactor, *, detail: bool = True) -> dict[str, Any]:

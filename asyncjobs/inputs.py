@@ -1,0 +1,146 @@
+"""Checks of what callers hand the client: bulk trigger items, run ids, read filters, waits.
+
+Each raises a typed error (``InvalidArguments``, ``RunNotFound``) before any query runs, so
+that no input reaches the driver as something it cannot encode (a ``bigint`` overflow, a NUL,
+a lone surrogate) and comes back as a generic ``DatabaseError``. The text and number rules
+themselves live in ``asyncjobs.rules``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asyncjobs.backends.base import RunFilter
+from asyncjobs.errors import InvalidArguments, RunNotFound
+from asyncjobs.rules import BIGINT_MAX, check_int, check_text, is_row_id
+from asyncjobs.runs import RunStatus, Trigger
+
+#: most runs (and events) one read returns
+MAX_PAGE = 1000
+
+
+def encode_many(
+    job_name: str,
+    arguments: Iterable[Mapping[str, Any]],
+    encode: Callable[[Mapping[str, Any]], str],
+) -> list[str]:
+    """Validate and encode every item of ``trigger_many`` with ``encode`` (the job's codec, or
+    the stored schema of a job known by name); an error names the item's index."""
+    if isinstance(arguments, str | bytes | Mapping) or not isinstance(arguments, Iterable):
+        raise InvalidArguments(
+            f"{job_name}: trigger_many takes a list of argument mappings, "
+            f"got {type(arguments).__name__}"
+        )
+    encoded = []
+    for index, item in enumerate(arguments):
+        if not isinstance(item, Mapping):
+            raise InvalidArguments(
+                f"{job_name}: item {index}: arguments must be a mapping of parameter names to "
+                f"values, got {type(item).__name__}",
+                [{"loc": [index], "msg": "not a mapping", "type": "dict_type"}],
+            )
+        try:
+            encoded.append(encode(item))
+        except InvalidArguments as exc:
+            message = str(exc).removeprefix(f"{job_name}: ")
+            errors = [{**e, "loc": [index, *e.get("loc", [])]} for e in exc.errors]
+            raise InvalidArguments(f"{job_name}: item {index}: {message}", errors) from None
+    return encoded
+
+
+def run_id(value: object) -> int:
+    """A run id to look up: ``InvalidArguments`` unless an ``int``; ``RunNotFound`` when no
+    row could have it (zero, negative, or beyond ``bigint``)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArguments(f"a run id must be an integer, got {type(value).__name__}")
+    if not is_row_id(value):
+        raise RunNotFound(value)
+    return value
+
+
+def run_filter(
+    *,
+    job: object = None,
+    status: object = None,
+    parent_run_id: object = None,
+    root_run_id: object = None,
+    trigger: object = None,
+    limit: object = 100,
+    cursor: object = None,
+    created_after: object = None,
+    created_before: object = None,
+) -> RunFilter:
+    """``Client.get_runs``'s filters, checked; the dashboard checks a request's the same way
+    before it opens a stream."""
+    return RunFilter(
+        job=None if job is None else check_text(job, "job", InvalidArguments),
+        status=None if status is None else _member(RunStatus, status, "status"),
+        parent_run_id=_optional_id(parent_run_id, "parent_run_id"),
+        root_run_id=_optional_id(root_run_id, "root_run_id"),
+        trigger=None if trigger is None else _member(Trigger, trigger, "trigger"),
+        before_id=_optional_id(cursor, "cursor"),
+        limit=check_int(limit, "limit", InvalidArguments, 1, MAX_PAGE),
+        created_after=_optional_time(created_after, "created_after"),
+        created_before=_optional_time(created_before, "created_before"),
+    )
+
+
+def event_window(after_id: object, limit: object) -> tuple[int, int]:
+    """``get_events``' position and page size."""
+    return (
+        check_int(after_id, "after_id", InvalidArguments, 0, BIGINT_MAX),
+        check_int(limit, "limit", InvalidArguments, 1, MAX_PAGE),
+    )
+
+
+def seconds(
+    value: object, what: str, *, allow_none: bool = True, allow_zero: bool = False
+) -> float | None:
+    """A positive number of seconds (``inf``: no limit); ``None`` / zero where allowed."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidArguments(f"{what} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArguments(f"{what} must be {'at least 0' if allow_zero else 'positive'}, "
+                               f"got {value}")
+    return float(value)
+
+
+def duration(value: object, what: str) -> timedelta:
+    """A ``timedelta`` that is not negative."""
+    if not isinstance(value, timedelta):
+        raise InvalidArguments(f"{what} must be a timedelta, got {type(value).__name__}")
+    if value < timedelta(0):
+        raise InvalidArguments(f"{what} must not be negative, got {value}")
+    return value
+
+
+def _optional_id(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    return check_int(value, what, InvalidArguments, 0, BIGINT_MAX)
+
+
+def _member(kind: type[RunStatus] | type[Trigger], value: object, what: str) -> Any:
+    if isinstance(value, str):  # the members too: they are StrEnums
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(m.value for m in kind)
+    raise InvalidArguments(f"{what} {value!r:.60} is not one of: {allowed}")
+
+
+def _optional_time(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise InvalidArguments(f"{what} must be a timezone-aware datetime, got {value!r:.60}")
+    try:
+        return value.astimezone(UTC)  # what the driver does: years 1 to 9999 in UTC only
+    except OverflowError:
+        raise InvalidArguments(f"{what} is out of range: {value.isoformat()}") from None
