@@ -209,7 +209,7 @@ async def test_redacted_arguments_never_leave_the_server(dsn: str) -> None:
 
 def test_a_redaction_path_must_name_a_parameter() -> None:
     app = App("redact")
-    with pytest.raises(ConfigurationError, match="'pasword' is not one of its parameters"):
+    with pytest.raises(ConfigurationError, match="'pasword' is not a field there"):
 
         @app.job(redact=["pasword"])
         async def login(user: str, password: str) -> None: ...
