@@ -40,6 +40,7 @@ async def main() -> None:
 
         async with app.worker(DSN, sweep_interval=0.2):
             print(await urgent.result(timeout=10), "/", await later.result(timeout=10))
+            await first.result(timeout=10)  # done: its dedup_id is free again
             try:
                 await stale.result(timeout=10)
             except RunExpired:

@@ -62,6 +62,7 @@ async def main() -> None:
             timing = schedule.cron or f"every {schedule.every}"
             state = "enabled" if schedule.enabled else "disabled"
             print(f"{schedule.name:<18} {timing:<16} {state:<8} next: {schedule.next_fire_at}")
+        await client.set_schedule_enabled("heartbeat", True)  # `asyncjobs enable schedule`
 
 
 if __name__ == "__main__":
