@@ -25,7 +25,7 @@ from jsonschema.protocols import Validator
 from asyncjobs import telemetry
 from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
-from asyncjobs.errors import InvalidArguments, UnknownJob
+from asyncjobs.errors import ConfigurationError, InvalidArguments, UnknownJob
 from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
 from asyncjobs.redact import REDACTED, KeyPath, redact_args
 from asyncjobs.rules import check_name
@@ -118,11 +118,15 @@ class JobRef(Generic[R]):
             "dedup_id": dedup_id, "queue": queue, "on_duplicate": on_duplicate,
             "wait_timeout": wait_timeout,
         }
+        try:  # checked when set (RunOptions.__post_init__), named like a job's options
+            merged = dataclasses.replace(
+                self.default_options, **{k: v for k, v in given.items() if v is not None}
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"job {self.name!r}: {exc}") from None
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.default_options = dataclasses.replace(
-            self.default_options, **{k: v for k, v in given.items() if v is not None}
-        )
+        clone.default_options = merged
         return clone
 
     def renamed(self, name: str) -> JobRef[R]:

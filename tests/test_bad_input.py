@@ -40,6 +40,7 @@ from asyncjobs.backends.memory import MemoryBackend
 from asyncjobs.client import Client
 from asyncjobs.codec import MAX_NESTING
 from asyncjobs.jobs import RunOptions
+from asyncjobs.remote import JobRef
 
 pytestmark = pytest.mark.anyio
 
@@ -611,6 +612,8 @@ async def test_bad_options_fail_when_set(unchanged: Tables, case: str) -> None:
         typed.options(**options)
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         RunOptions(**options)
+    with pytest.raises(ConfigurationError, match=re.escape(f"job 'remote': {message}")):
+        JobRef("remote").options(**options)  # a job known by name: the same checks
     with pytest.raises(ConfigurationError):  # a job's default options are checked as well
         App("defaults").job(name="x")(typed.fn).options(**options)
     # and so nothing can reach the database with them: the run_async of the issue
@@ -828,13 +831,51 @@ BAD_COMMANDS: dict[str, tuple[list[str], str]] = {
         ["enable", "queue", "q\udcff"], "queue name is not text PostgreSQL can take"
     ),
     "disable an unknown job": (["disable", "job", "nope"], "job 'nope' is not registered"),
+    "trigger with a NUL in a key": (
+        ["trigger", "typed", "--args", '{"n": 1, "name": "x", "payload": {"k\\u0000": 1}}'],
+        "typed: payload['k\\x00']: this key cannot be stored: it contains a NUL character",
+    ),
+    "trigger with arguments that are not an object": (
+        ["trigger", "typed", "--args", "[1]"], "--args must be a JSON object"
+    ),
+    "trigger with a wrong type": (
+        ["trigger", "typed", "--args", '{"n": "x", "name": "y"}'], "typed: n: "
+    ),
+    "trigger a name with an undecodable byte": (
+        ["trigger", "ty\udcffped"], "job name cannot be stored: it contains a lone surrogate"
+    ),
+    "trigger with an undecodable dedup id": (
+        ["trigger", "typed", "--args", '{"n": 1, "name": "x"}', "--dedup-id", "d\udcff"],
+        "job 'typed': dedup_id cannot be stored",
+    ),
+    "trigger with a priority out of range": (
+        ["trigger", "typed", "--args", '{"n": 1, "name": "x"}', "--priority", "40000"],
+        "job 'typed': priority must be between -32768 and 32767",
+    ),
+    "show beyond bigint": (["show", HUGE], f"no run with id {HUGE}"),
+    "cancel beyond bigint": (["cancel", HUGE], f"no run with id {HUGE}"),
+    "retry beyond bigint": (["retry", HUGE], f"no run with id {HUGE}"),
 }
+
+
+@pytest.fixture(scope="module")
+def stored_jobs(module_dsn: str) -> str:
+    """The module's database with the jobs' definitions stored, as a worker stores them:
+    the CLI triggers by name, with no app code."""
+
+    async def start_a_worker() -> None:
+        async with app.worker(module_dsn, **FAST):
+            pass
+
+    asyncio.run(start_a_worker())
+    return module_dsn
 
 
 @pytest.mark.parametrize("case", list(BAD_COMMANDS))
 def test_bad_command_lines_exit_1_with_the_error(
-    module_dsn: str, capsys: pytest.CaptureFixture[str], case: str
+    stored_jobs: str, capsys: pytest.CaptureFixture[str], case: str
 ) -> None:
+    module_dsn = stored_jobs
     argv, message = BAD_COMMANDS[case]
     before = asyncio.run(_counts(module_dsn))
     assert main([*argv, "--dsn", module_dsn]) == 1
