@@ -490,7 +490,7 @@ class Client:
         """
         root = await resolve_root(self.backend, inputs.run_id(run_id))
         cursor = _cursor(after)
-        inputs.seconds(poll_interval, "poll_interval", allow_none=False)
+        inputs.seconds(poll_interval, "poll_interval", allow_none=False, bounded=True)
         async with (
             NotifySource(self.backend, poll_interval) as source,
             contextlib.aclosing(
@@ -504,9 +504,12 @@ class Client:
         """Retention: delete the trace trees (runs and their events) whose runs all finished
         more than ``older_than`` ago, ``batch_size`` trees per statement. Trees with an
         active run are kept whole. Returns what was deleted."""
-        inputs.duration(older_than, "older_than")
+        inputs.duration(older_than, "older_than", bounded=False)  # a worker's retention
         check_int(batch_size, "batch_size", InvalidArguments, 1, 100_000)
-        cutoff = datetime.now(UTC) - older_than
+        try:
+            cutoff = datetime.now(UTC) - older_than
+        except OverflowError:  # before year 1: nothing finished that long ago
+            return PruneResult()
         total = PruneResult()
         while True:
             done = await self.backend.prune(cutoff, batch_size)
@@ -593,7 +596,7 @@ class Client:
         Raises ``RunNotFound``.
         """
         run_id = inputs.run_id(run_id)
-        inputs.seconds(worker_ttl, "worker_ttl", allow_none=False, allow_zero=True)
+        inputs.seconds(worker_ttl, "worker_ttl", allow_none=False, allow_zero=True, bounded=True)
         facts = await self.backend.run_facts(run_id, worker_ttl)
         if facts is None:
             raise RunNotFound(run_id)

@@ -15,11 +15,14 @@ from typing import Any
 
 from asyncjobs.backends.base import RunFilter
 from asyncjobs.errors import InvalidArguments, RunNotFound
+from asyncjobs.jobs import MAX_OFFSET
 from asyncjobs.rules import BIGINT_MAX, check_int, check_text, is_row_id
 from asyncjobs.runs import RunStatus, Trigger
 
 #: most runs (and events) one read returns
 MAX_PAGE = 1000
+#: the longest span a read or a wait takes (as ``Job.options`` takes for delays)
+LONGEST = MAX_OFFSET
 
 
 def encode_many(
@@ -97,9 +100,15 @@ def event_window(after_id: object, limit: object) -> tuple[int, int]:
 
 
 def seconds(
-    value: object, what: str, *, allow_none: bool = True, allow_zero: bool = False
+    value: object,
+    what: str,
+    *,
+    allow_none: bool = True,
+    allow_zero: bool = False,
+    bounded: bool = False,
 ) -> float | None:
-    """A positive number of seconds (``inf``: no limit); ``None`` / zero where allowed."""
+    """A positive number of seconds (``inf``: no limit, unless ``bounded``: at most 100
+    years); ``None`` / zero where allowed."""
     if value is None and allow_none:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -107,15 +116,18 @@ def seconds(
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         raise InvalidArguments(f"{what} must be {'at least 0' if allow_zero else 'positive'}, "
                                f"got {value}")
+    if bounded and value > LONGEST.total_seconds():
+        raise InvalidArguments(f"{what} must be at most 100 years, got {value}")
     return float(value)
 
 
-def duration(value: object, what: str) -> timedelta:
-    """A ``timedelta`` that is not negative."""
+def duration(value: object, what: str, *, bounded: bool = True) -> timedelta:
+    """A ``timedelta`` of zero or more (at most 100 years when ``bounded``)."""
     if not isinstance(value, timedelta):
         raise InvalidArguments(f"{what} must be a timedelta, got {type(value).__name__}")
-    if value < timedelta(0):
-        raise InvalidArguments(f"{what} must not be negative, got {value}")
+    if value < timedelta(0) or (bounded and value > LONGEST):
+        limit = "from 0 to 100 years" if bounded else "0 or more"
+        raise InvalidArguments(f"{what} must be {limit}, got {value}")
     return value
 
 

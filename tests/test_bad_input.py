@@ -676,8 +676,20 @@ BAD_READS: dict[str, tuple[Trigger, type[Exception], str]] = {
     "set_enabled(enabled='yes')": (
         lambda c: c.set_enabled("queue", "default", "yes"), InvalidArguments, "enabled must be"
     ),
+    "job_summary(window=timedelta.max)": (
+        lambda c: c.job_summary("typed", timedelta.max), InvalidArguments, "window must be"
+    ),
+    "explain(worker_ttl=inf)": (
+        lambda c: c.explain(1, worker_ttl=math.inf), InvalidArguments, "at most 100 years"
+    ),
     "job_summary(window=-1 h)": (
         lambda c: c.job_summary("typed", timedelta(hours=-1)), InvalidArguments, "window must"
+    ),
+    "prune(older_than=-1 s)": (
+        lambda c: c.prune(timedelta(seconds=-1)), InvalidArguments, "older_than must be 0 or"
+    ),
+    "prune(batch_size=0)": (
+        lambda c: c.prune(timedelta(days=1), batch_size=0), InvalidArguments, "batch_size must"
     ),
     "prune(older_than=7)": (
         lambda c: c.prune(7), InvalidArguments, "older_than must be a timedelta"
@@ -690,6 +702,11 @@ async def test_bad_reads(unchanged: Tables, case: str) -> None:
     read, error, message = BAD_READS[case]
     with pytest.raises(error, match=re.escape(message)):
         await read(unchanged.client)
+
+
+async def test_pruning_older_than_any_date_deletes_nothing(unchanged: Tables) -> None:
+    result = await unchanged.client.prune(timedelta.max)
+    assert (result.trees, result.runs, result.events) == (0, 0, 0)
 
 
 async def test_watch_checks_its_inputs(unchanged: Tables) -> None:
