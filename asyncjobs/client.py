@@ -206,8 +206,8 @@ class Client:
     ) -> Run[R]:
         """Trigger by name with JSON-shaped arguments (HTTP API, other services), with the
         options of ``Job.options``. Works without the job's code (see ``trigger_async``)."""
-        if isinstance(job, Job):
-            job = self.app.get_job(job).name  # the app's own job (UnknownJob for another's)
+        if isinstance(job, Job):  # the app's own (UnknownJob for another's), options kept
+            job = JobRef(self.app.get_job(job).name).options(**_fields(job))
         elif not isinstance(job, str | JobRef):
             raise InvalidArguments(
                 f"a job is given by name (a str) or as a JobRef, got {type(job).__name__}"
@@ -644,7 +644,7 @@ def _cursor(after: EventCursor | str | None) -> EventCursor | None:
         raise InvalidArguments(str(exc)) from None
 
 
-def _fields(ref: JobRef[Any]) -> dict[str, Any]:
+def _fields(ref: JobRef[Any] | Job[Any, Any]) -> dict[str, Any]:
     options = ref.default_options
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
 

@@ -578,6 +578,9 @@ async def test_an_options_copy_of_a_registered_job_is_still_that_job(tables: Tab
         "SELECT queue, priority FROM asyncjobs.runs WHERE id = $1", run.id
     )
     assert stored is not None and dict(stored) == {"queue": "q2", "priority": 2}
+    by_json = await tables.client.trigger_json(copy, {"n": 1, "name": "x"})  # type: ignore[arg-type]
+    await tables.client.cancel(by_json.id)
+    assert (await tables.client.get_run(by_json.id)).queue == "q2"
 
 
 LATEST = datetime.max.replace(tzinfo=timezone(timedelta(hours=-14)))  # year 10000 in UTC
