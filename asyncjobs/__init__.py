@@ -27,6 +27,7 @@ from asyncjobs.errors import RunFailed as RunFailed
 from asyncjobs.errors import RunNotFound as RunNotFound
 from asyncjobs.errors import RunTimeout as RunTimeout
 from asyncjobs.errors import SchemaMismatch as SchemaMismatch
+from asyncjobs.errors import StepMismatch as StepMismatch
 from asyncjobs.errors import UnknownJob as UnknownJob
 from asyncjobs.explain import Explanation as Explanation
 from asyncjobs.explain import Reason as Reason
@@ -95,6 +96,7 @@ __all__ = (
     "ScheduleState",
     "SchemaMismatch",
     "SlotHolder",
+    "StepMismatch",
     "SyncClient",
     "SyncRun",
     "TraceUpdate",

@@ -20,7 +20,8 @@ from asyncjobs.hooks import (
     WorkerEvent,
     WorkerHook,
 )
-from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job
+from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job, KeyLimit
+from asyncjobs.rates import RateLimit, RateLimitSpec
 from asyncjobs.remote import stored_schema
 from asyncjobs.retry import RetryOn, RetryPolicy
 from asyncjobs.rules import check_name
@@ -74,12 +75,20 @@ class App:
     def __repr__(self) -> str:
         return f"<App {self.name!r} jobs={sorted(self.jobs)}>"
 
-    def queue(self, name: str, *, max_concurrency: int | None = None) -> None:
-        """Declare a queue; ``max_concurrency`` caps its running runs across all workers."""
+    def queue(
+        self,
+        name: str,
+        *,
+        max_concurrency: int | None = None,
+        rate_limit: RateLimitSpec | None = None,
+    ) -> None:
+        """Declare a queue; ``max_concurrency`` caps its running runs across all workers and
+        ``rate_limit`` its starts per period (``"100/m"``, see ``asyncjobs.rates``)."""
         check_name(name, "queue name", ConfigurationError)
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigurationError(f"queue {name!r}: max_concurrency must be at least 1")
-        self.queues[name] = QueueDefinition(name, max_concurrency)
+        rate = RateLimit.parse(rate_limit, f"queue {name!r}")
+        self.queues[name] = QueueDefinition(name, max_concurrency, rate)
 
     @overload
     def job(self, fn: ContextJobFunction[P, R], /) -> Job[P, R]: ...
@@ -100,6 +109,9 @@ class App:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        key_concurrency: int | None = None,
+        rate_limit: RateLimitSpec | None = None,
         priority: int = 0,
         retries: int = 0,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
@@ -125,6 +137,9 @@ class App:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        key_concurrency: int | None = None,
+        rate_limit: RateLimitSpec | None = None,
         priority: int = 0,
         retries: int = 0,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
@@ -145,6 +160,11 @@ class App:
         """Register a function as a job, bare (``@app.job``) or with options. A plain
         ``def`` runs in a worker thread (see ``asyncjobs.threads``); prefer ``async def``.
 
+        ``concurrency_key`` names an argument and ``key_concurrency`` how many runs with the
+        same value of it may run at once across the cluster (``max_concurrency`` still
+        bounds the job as a whole); see ``asyncjobs.jobs.KeyLimit``. ``rate_limit`` caps
+        its starts per period across the cluster (``"10/s"``, see ``asyncjobs.rates``).
+
         ``schedule`` (a cron expression) or ``every`` (an interval) also fires it on a
         schedule named after the job; the other schedule options are those of ``schedule()``.
         """
@@ -155,6 +175,10 @@ class App:
                 name=name or str(getattr(function, "__name__", repr(function))),
                 queue=queue,
                 max_concurrency=max_concurrency,
+                key_limit=KeyLimit.declare(concurrency_key, key_concurrency),
+                rate_limit=RateLimit.parse(
+                    rate_limit, f"job {name or getattr(function, '__name__', function)!r}"
+                ),
                 priority=priority,
                 retry=RetryPolicy(retries, backoff_base, backoff_cap, retry_on),
                 max_restarts=max_restarts,
@@ -303,7 +327,12 @@ class App:
     def definitions(self) -> tuple[list[QueueDefinition], list[JobDefinition]]:
         jobs = [
             # the schema carries the trigger defaults, for callers without the code
-            JobDefinition(j.name, j.queue, j.max_concurrency, stored_schema(j))
+            JobDefinition(
+                j.name, j.queue, j.max_concurrency, stored_schema(j),
+                j.key_limit.field if j.key_limit else None,
+                j.key_limit.limit if j.key_limit else None,
+                j.rate_limit,
+            )
             for j in self.jobs.values()
         ]
         return list(self.queues.values()), jobs

@@ -32,16 +32,18 @@ from asyncjobs.errors import (
     RunFailed,
     RunNotFound,
     RunTimeout,
+    StepMismatch,
     UnknownJob,
 )
 from asyncjobs.explain import DEFAULT_WORKER_TTL, Explanation, explain
 from asyncjobs.feed import DEFAULT_GRACE, NotifySource, TraceUpdate, resolve_root, trace_updates
-from asyncjobs.jobs import Job, OnDuplicate
+from asyncjobs.jobs import Job, OnDuplicate, RunOptions
 from asyncjobs.remote import JobDirectory, JobRef
 from asyncjobs.results import RunResult, run_result
 from asyncjobs.rules import check_int, check_text
 from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleState
+from asyncjobs.steps import step_keys
 from asyncjobs.summary import JobSummary, LastSuccess
 from asyncjobs.waiters import ResultWaiter
 
@@ -352,9 +354,18 @@ class Client:
             raise InvalidArguments(f"{name}: not_after is not later than not_before")
         if options.dedup_id is not None and len(encoded) > 1:
             raise InvalidArguments(f"{name}: one dedup_id cannot be shared by several runs")
+        known = self.app.jobs.get(name)
+        # the database reads the per-key limit's key from the arguments by this field
+        key_field = known.key_limit.field if known and known.key_limit else None
+        steps: list[str | None] = [None] * len(encoded)
+        if parent is not None:
+            # a child is identified by its step: a retried parent gets the same child back
+            first = parent._take_positions(len(encoded)) if options.step is None else 0
+            steps = list(step_keys(options.step, first, len(encoded)))
+        new_runs: list[NewRun] = []
 
         def insert(trace_context: str | None) -> Awaitable[list[Enqueued]]:
-            new_runs = [
+            new_runs[:] = [
                 NewRun(
                     job=name,
                     queue=queue,
@@ -369,8 +380,10 @@ class Client:
                     root_run_id=parent.root_run_id if parent else None,
                     trigger=trigger,
                     trace_context=trace_context,
+                    step_key=step,
+                    key_field=key_field,
                 )
-                for args_json in encoded
+                for args_json, step in zip(encoded, steps, strict=True)
             ]
             return self.backend.enqueue(new_runs, reject_duplicates=options.on_duplicate == "raise")
 
@@ -378,7 +391,28 @@ class Client:
             enqueued = await telemetry.traced_trigger(name, queue, trigger, insert)
         else:
             enqueued = await insert(None)
+        if parent is not None:
+            enqueued = await self._reuse_steps(parent.run_id, new_runs, enqueued, options)
         return [Run(e.run_id, job, e.created, self) for e in enqueued]
+
+    async def _reuse_steps(
+        self, parent_id: int, runs: list[NewRun], enqueued: list[Enqueued], options: RunOptions
+    ) -> list[Enqueued]:
+        """Children found at their steps (an earlier attempt of the parent triggered them):
+        the same job, or ``StepMismatch``; with ``rerun_failed``, a child that ended without
+        success is replaced by a new one at its step."""
+        result = []
+        for run, found in zip(runs, enqueued, strict=True):
+            if found.step_job is not None and found.step_job != run.job:
+                raise StepMismatch(parent_id, run.step_key or "", found.step_job, run.job)
+            if (
+                found.step_job is not None
+                and options.rerun_failed
+                and await self.backend.release_step(parent_id, run.step_key or "")
+            ):
+                (found,) = await self.backend.enqueue([run])
+            result.append(found)
+        return result
 
     # ------------------------------------------------------------------ waiting
 

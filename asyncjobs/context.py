@@ -49,6 +49,8 @@ class Context:
     _yield_slot: Callable[[], contextlib.AbstractAsyncContextManager[None]] = field(repr=False)
     #: set by the worker when cancellation of this run was requested (see the class docs)
     cancel_requested: bool = False
+    #: unnamed child triggers so far in this attempt: the next one is step ``#(n+1)``
+    _positions: int = field(default=0, repr=False)
 
     @property
     def run_id(self) -> int:
@@ -65,6 +67,12 @@ class Context:
     @property
     def job(self) -> str:
         return self.run.job
+
+    def _take_positions(self, count: int) -> int:
+        """Reserve ``count`` step positions (see ``asyncjobs.steps``); the first one."""
+        first = self._positions + 1
+        self._positions += count
+        return first
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress (0.0 to 1.0) and an optional status message; shown live."""

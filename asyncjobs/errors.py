@@ -112,6 +112,24 @@ class DuplicateRun(AsyncJobsError):
         self.existing_run_id = existing_run_id
 
 
+class StepMismatch(AsyncJobsError):
+    """A parent's step already holds a child of another job: the parent's code changed
+    between its attempts (or two calls share an explicit ``step``), so reusing that child
+    would hand back the wrong result. Raised inside the parent, which then fails as any error
+    makes it fail; name the step explicitly (``job.options(step=...)``) to keep it stable.
+    """
+
+    def __init__(self, parent_run_id: int, step: str, stored_job: str, requested_job: str) -> None:
+        super().__init__(
+            f"run {parent_run_id}: step {step!r} already triggered job {stored_job!r} "
+            f"(child of an earlier attempt), not {requested_job!r}"
+        )
+        self.parent_run_id = parent_run_id
+        self.step = step
+        self.stored_job = stored_job
+        self.requested_job = requested_job
+
+
 class RunNotFound(AsyncJobsError):
     """No run with that id exists (an id beyond ``bigint`` included).
 

@@ -37,6 +37,12 @@ class ReasonCode(enum.StrEnum):
     JOB_LIMIT_FULL = "job_limit_full"
     #: the queue's cluster-wide ``max_concurrency`` is used up
     QUEUE_LIMIT_FULL = "queue_limit_full"
+    #: as many runs of its job with its ``concurrency_key`` run as ``key_concurrency``
+    #: allows; ``data["holders"]`` says which
+    KEY_LIMIT_FULL = "key_limit_full"
+    #: its job's or queue's ``rate_limit`` is used up in the current window;
+    #: ``data["next_start_at"]`` is when the next start is allowed (database clock)
+    RATE_LIMITED = "rate_limited"
     #: no live worker serves its queue (and knows its job)
     NO_WORKER = "no_worker"
     #: an ``all_nodes`` copy whose worker is gone; it expires at ``not_after``
@@ -49,6 +55,9 @@ class ReasonCode(enum.StrEnum):
     WAITING_ON_CHILDREN = "waiting_on_children"
     #: it has finished (``data["status"]`` says how)
     FINISHED = "finished"
+    #: a retried or restarted run got children of an earlier attempt back at their steps
+    #: (``asyncjobs.steps``) instead of triggering them again; ``data["children"]``
+    REUSED_CHILDREN = "reused_children"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,8 @@ class SlotHolder:
     started_at: datetime | None
     #: active child runs it waits on: it holds the slot while waiting (design rule 9)
     waiting_on: tuple[int, ...] = ()
+    #: its ``concurrency_key`` (the key of a per-key limit), if its job has one
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,19 @@ class RunFacts:
     active_children: tuple[int, ...] = ()
     job_holders: tuple[SlotHolder, ...] = ()
     queue_holders: tuple[SlotHolder, ...] = ()
+    #: children an earlier attempt triggered, got back by this one at their steps
+    reused_children: tuple[int, ...] = ()
+    #: the job's per-key limit and how many runs with this run's key run
+    key_limit: int | None = None
+    key_running: int = 0
+    key_holders: tuple[SlotHolder, ...] = ()
+    #: rate limits: starts in the current window and when the oldest leaves it
+    job_rate_limit: int | None = None
+    job_rate_starts: int = 0
+    job_rate_next: datetime | None = None
+    queue_rate_limit: int | None = None
+    queue_rate_starts: int = 0
+    queue_rate_next: datetime | None = None
 
     @property
     def job_full(self) -> bool:
@@ -94,6 +118,14 @@ class RunFacts:
     @property
     def queue_full(self) -> bool:
         return self.queue_limit is not None and self.queue_running >= self.queue_limit
+
+    @property
+    def key_full(self) -> bool:
+        return (
+            self.key_limit is not None
+            and self.run.concurrency_key is not None
+            and self.key_running >= self.key_limit
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +187,7 @@ def explain(facts: RunFacts) -> Explanation:
 
 
 def _pending(facts: RunFacts) -> list[Reason]:
-    checks = (_timing, _switches, _limits, _workers)
+    checks = (_timing, _switches, _limits, _key_limit, _rates, _workers)
     reasons = [reason for check in checks for reason in check(facts)]
     if reasons:
         return reasons
@@ -241,6 +273,40 @@ def _limits(facts: RunFacts) -> list[Reason]:
     return reasons
 
 
+def _key_limit(facts: RunFacts) -> list[Reason]:
+    run = facts.run
+    if not facts.key_full:
+        return []
+    what = f"job {run.job!r} with concurrency_key {run.concurrency_key!r}"
+    reason = _limit_reason(
+        ReasonCode.KEY_LIMIT_FULL, what, facts.key_limit, facts.key_running, facts.key_holders
+    )
+    return [Reason(reason.code, reason.message, reason.data | {"key": run.concurrency_key})]
+
+
+def _rates(facts: RunFacts) -> list[Reason]:
+    run = facts.run
+    scopes = (
+        ("job", run.job, facts.job_rate_limit, facts.job_rate_starts, facts.job_rate_next),
+        ("queue", run.queue, facts.queue_rate_limit, facts.queue_rate_starts,
+         facts.queue_rate_next),
+    )  # fmt: skip
+    reasons = []
+    for kind, name, limit, starts, next_at in scopes:
+        if limit is None or starts < limit or next_at is None:
+            continue
+        wait = max(0.0, (next_at - facts.now).total_seconds())
+        message = (
+            f"{kind} {name!r} allows {limit} starts per period and {starts} started in the "
+            f"current one; the next start is allowed at {next_at.isoformat()} "
+            f"({wait:.2f} s from now)"
+        )
+        data = {"kind": kind, "name": name, "limit": limit, "starts": starts,
+                "next_start_at": next_at, "seconds": wait}  # fmt: skip
+        reasons.append(Reason(ReasonCode.RATE_LIMITED, message, data))
+    return reasons
+
+
 def _limit_reason(
     code: ReasonCode, what: str, limit: int | None, running: int, holders: tuple[SlotHolder, ...]
 ) -> Reason:
@@ -306,6 +372,14 @@ def _running(facts: RunFacts) -> list[Reason]:
         )
         data = {"children": list(facts.active_children)}
         reasons.append(Reason(ReasonCode.WAITING_ON_CHILDREN, message, data))
+    if facts.reused_children:
+        children = ", ".join(map(str, facts.reused_children))
+        message = (
+            f"attempt {run.attempt} got child runs {children} of an earlier attempt back at "
+            "their steps instead of triggering them again"
+        )
+        data = {"children": list(facts.reused_children)}
+        reasons.append(Reason(ReasonCode.REUSED_CHILDREN, message, data))
     return reasons
 
 

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
 from asyncjobs.context import Context
 from asyncjobs.errors import ConfigurationError
+from asyncjobs.rates import RateLimit
 from asyncjobs.redact import resolve_paths
 from asyncjobs.retry import RetryPolicy
 from asyncjobs.rules import check_int, check_name
+from asyncjobs.steps import check_step
 from asyncjobs.threads import in_thread
 
 if TYPE_CHECKING:
@@ -51,6 +53,11 @@ class RunOptions:
     on_duplicate: OnDuplicate = "raise"
     #: how long ``run_async`` waits for the result before raising ``RunTimeout``
     wait_timeout: float | None = None
+    #: inside a job: this child's stable step name (see ``asyncjobs.steps``)
+    step: str | None = None
+    #: inside a job: when the child at this step failed in an earlier attempt, trigger a new
+    #: one instead of raising its error again
+    rerun_failed: bool = False
 
     def __post_init__(self) -> None:
         """Checked when set, so that a bad option fails at ``options()``, before any row."""
@@ -68,6 +75,8 @@ class RunOptions:
                 f"on_duplicate must be 'raise' or 'return', got {self.on_duplicate!r}"
             )
         _check_wait_timeout(self.wait_timeout)
+        if self.step is not None:
+            check_step(self.step)
 
 
 def _check_when(value: object, name: str) -> None:
@@ -101,6 +110,34 @@ def _check_wait_timeout(value: object) -> None:
         raise ConfigurationError(f"wait_timeout must be positive, got {value}")
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLimit:
+    """At most ``limit`` runs of the job with the same value of argument ``field`` run at
+    once across the cluster (``@app.job(concurrency_key="tenant_id", key_concurrency=1)``).
+
+    The database reads the key from the stored arguments when a run is inserted (a trigger
+    on ``asyncjobs.runs``), so runs triggered by name, by schedules and by other services
+    get the same key as typed triggers. The value is the argument as text (``7`` for the
+    integer 7, a JSON object's text for an object); a run whose argument is missing or null
+    has no key and only the job's other limits apply to it. Keys longer than 200 characters
+    are cut to 200 (stricter, never looser). Claims enforce it under the job's advisory lock,
+    with the job and queue limits (``asyncjobs.claim_runs``).
+    """
+
+    field: str
+    limit: int
+
+    @staticmethod
+    def declare(field: str | None, limit: int | None) -> KeyLimit | None:
+        if field is None and limit is None:
+            return None
+        if field is None or limit is None:
+            raise ConfigurationError("concurrency_key and key_concurrency go together")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31:
+            raise ConfigurationError(f"key_concurrency must be a positive integer, got {limit!r}")
+        return KeyLimit(check_name(field, "concurrency_key", ConfigurationError), limit)
+
+
 class Job(Generic[P, R]):
     """A registered job. Trigger it with ``client.trigger_async(job, ...)`` or, inside another
     job, with ``job.trigger_async(...)`` / ``job.run_async(...)``.
@@ -121,6 +158,8 @@ class Job(Generic[P, R]):
         options: RunOptions | None = None,
         redact: Sequence[str] = (),
         max_restarts: int = DEFAULT_MAX_RESTARTS,
+        key_limit: KeyLimit | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise ConfigurationError(
@@ -167,6 +206,14 @@ class Job(Generic[P, R]):
         #: argument paths (``"password"``, ``"card.number"``) the dashboard never shows
         self.redact_keys = resolve_paths(name, redact, self.args.model)
         self.redact = tuple(redact)
+        if key_limit is not None and key_limit.field not in signature.parameters:
+            raise ConfigurationError(
+                f"job {name!r}: concurrency_key {key_limit.field!r} is not one of its parameters"
+            )
+        #: the per-key concurrency limit, if any
+        self.key_limit = key_limit
+        #: at most so many starts per period across the cluster, if set
+        self.rate_limit = rate_limit
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} queue={self.queue!r}>"
@@ -195,6 +242,8 @@ class Job(Generic[P, R]):
         queue: str | None = None,
         on_duplicate: OnDuplicate | None = None,
         wait_timeout: float | None = None,
+        step: str | None = None,
+        rerun_failed: bool | None = None,
     ) -> Job[P, R]:
         """The same job with trigger options set; the job's own signature is kept."""
         current = self.default_options
@@ -207,6 +256,8 @@ class Job(Generic[P, R]):
                 queue=current.queue if queue is None else queue,
                 on_duplicate=current.on_duplicate if on_duplicate is None else on_duplicate,
                 wait_timeout=current.wait_timeout if wait_timeout is None else wait_timeout,
+                step=current.step if step is None else step,
+                rerun_failed=current.rerun_failed if rerun_failed is None else rerun_failed,
             )
         except ConfigurationError as exc:
             raise ConfigurationError(f"job {self.name!r}: {exc}") from None

@@ -111,12 +111,14 @@ class JobRef(Generic[R]):
         queue: str | None = None,
         on_duplicate: OnDuplicate | None = None,
         wait_timeout: float | None = None,
+        step: str | None = None,
+        rerun_failed: bool | None = None,
     ) -> JobRef[R]:
         """The same reference with trigger options set (``None`` keeps the current one)."""
         given: dict[str, Any] = {
             "priority": priority, "not_before": not_before, "not_after": not_after,
             "dedup_id": dedup_id, "queue": queue, "on_duplicate": on_duplicate,
-            "wait_timeout": wait_timeout,
+            "wait_timeout": wait_timeout, "step": step, "rerun_failed": rerun_failed,
         }
         try:  # checked when set (RunOptions.__post_init__), named like a job's options
             merged = dataclasses.replace(

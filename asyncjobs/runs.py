@@ -99,6 +99,11 @@ class RunRecord:
     #: the OpenTelemetry context of the span that triggered it (propagator headers, e.g.
     #: ``traceparent``), or ``None``; see asyncjobs/telemetry.py
     trace_context: dict[str, str] | None = None
+    #: a child's step among its parent's child triggers (``asyncjobs.steps``): a retried
+    #: parent gets this run back instead of triggering the step again
+    step_key: str | None = None
+    #: the value of its job's ``concurrency_key`` argument (``asyncjobs.jobs.KeyLimit``)
+    concurrency_key: str | None = None
     #: the id of the run's latest event when this record was read, where the read asked for
     #: it (0 otherwise): of two records of one run, the one with the larger version is newer
     version: int = 0

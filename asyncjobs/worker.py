@@ -462,7 +462,11 @@ class Worker:
             # Claim again at once while claims bring work: a claim can come back short
             # because a limited job filled up mid-batch while other runs still wait.
             if not records:
-                await self._sleep(self.poll_interval)
+                # a full rate limit says when its next start is allowed: wake then, not later
+                wake_in = getattr(records, "wake_in", None)
+                await self._sleep(
+                    self.poll_interval if wake_in is None else min(self.poll_interval, wake_in)
+                )
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until a wake-up (NOTIFY, freed slot, stop) or the timeout."""

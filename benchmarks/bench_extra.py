@@ -17,6 +17,10 @@ Phases (``--phases``, comma separated; every phase starts from a fresh database)
              calls so plpgsql's plan cache is warm) and of the completion, then time a worker
              with c=100 processing the first ``--growth-process`` runs of the backlog (at most
              ``--growth-max-seconds``; a capped row reports what succeeded by then).
+  limits     ``--limits-n`` runs processed by one worker (c=100) for each of: a plain job, a
+             job with a per-key limit (100 keys, 10 each: keys configured, rarely binding) and
+             a job with a rate limit that does not bind (10,000/s); interleaved over
+             ``--limits-rounds`` fresh databases; medians and the ratios to the plain job.
   soak       ``--soak-runs`` runs queued by a child process (so this process's heap holds
              nothing of them), then one worker (c=100) in this process processes them all;
              RSS of this process sampled every second from /proc/self/status.
@@ -91,6 +95,20 @@ async def noop(i: int) -> None:
     hooks.on_return(i)
 
 
+@app.job(concurrency_key="tenant", key_concurrency=10)
+async def keyed_noop(i: int, tenant: str) -> None:
+    """limits: noop under a per-key limit (100 keys of 10 slots: binds rarely at c=100)."""
+    hooks.on_start(i)
+    hooks.on_return(i)
+
+
+@app.job(rate_limit="10000/s")
+async def rated_noop(i: int) -> None:
+    """limits: noop under a rate limit that does not bind at this machine's throughput."""
+    hooks.on_start(i)
+    hooks.on_return(i)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -119,13 +137,18 @@ async def count_succeeded(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval(query))
 
 
-async def preload(dsn: str, n: int, batch: int = PRELOAD_BATCH) -> dict[str, Any]:
-    """Queue n runs of ``noop`` through the public bulk API; returns the insert rate."""
+async def preload(dsn: str, n: int, batch: int = PRELOAD_BATCH, job: Any = None) -> dict[str, Any]:
+    """Queue n runs of ``noop`` (or ``job``) through the public bulk API; the insert rate."""
+    job = job or noop
+    keyed = job is keyed_noop
     meter = _common.CpuMeter().start()
     t0 = time.perf_counter()
     async with app.client(dsn) as client:
         for a in range(0, n, batch):
-            await client.trigger_many(noop, [{"i": i} for i in range(a, min(a + batch, n))])
+            await client.trigger_many(job, [
+                {"i": i, "tenant": f"t{i % 100}"} if keyed else {"i": i}
+                for i in range(a, min(a + batch, n))
+            ])
     dt = time.perf_counter() - t0
     return {"runs": n, "batch": batch, "seconds": round(dt, 2), "runs_per_s": round(n / dt, 1),
             "cpu": meter.stop()}
@@ -515,6 +538,30 @@ async def phase_growth(sizes: list[int], process_n: int, concurrency: int,
     return {"sizes": out, "verified": all(v["verified"] for v in out.values())}
 
 
+# --------------------------------------------------------------------------- limits
+
+
+async def phase_limits(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    """Process n runs with c=100 of a plain job, a keyed job and a rate-limited job that does
+    not bind, interleaved over ``rounds`` (fresh database each); medians and ratios."""
+    variants = {"plain": noop, "keyed": keyed_noop, "rated": rated_noop}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    verified = True
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            dsn = await fresh(DB)
+            await preload(dsn, n, job=variants[name])
+            got = await process_first(dsn, n, concurrency, 120.0)
+            verified &= got["verified"] and not got["capped"]
+            rates[name].append(got["jobs_per_s"])
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    return {"n": n, "concurrency": concurrency, "rounds": rounds, "jobs_per_s": rates,
+            "median": med, "keyed_ratio": round(med["keyed"] / med["plain"], 3),
+            "rated_ratio": round(med["rated"] / med["plain"], 3),
+            "loadavg": os.getloadavg(), "verified": verified}
+
+
 # --------------------------------------------------------------------------- soak
 
 
@@ -613,7 +660,7 @@ async def phase_soak(runs: int, concurrency: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-ALL_PHASES = ["run_async", "sse_lag", "growth", "soak"]
+ALL_PHASES = ["run_async", "sse_lag", "growth", "soak", "limits"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -633,6 +680,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop processing a backlog after this long (the row says 'capped')")
     p.add_argument("--soak-runs", type=int, default=100_000)
     p.add_argument("--soak-concurrency", type=int, default=100)
+    p.add_argument("--limits-n", type=int, default=10_000)
+    p.add_argument("--limits-rounds", type=int, default=3)
     p.add_argument("--json-out", default=None, help="append the one-line JSON summary here")
     p.add_argument("--verbose", action="store_true")
     # child modes
@@ -674,6 +723,8 @@ async def run_phases(args: argparse.Namespace) -> dict[str, Any]:
                                           args.growth_max_seconds))
     if "soak" in phases:
         note("soak", await phase_soak(args.soak_runs, args.soak_concurrency))
+    if "limits" in phases:
+        note("limits", await phase_limits(args.limits_n, 100, args.limits_rounds))
     return res
 
 

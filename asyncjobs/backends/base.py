@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from asyncjobs.explain import RunFacts
 from asyncjobs.gauges import ClusterGauges
+from asyncjobs.rates import RateLimit
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleDefinition, ScheduleState
 from asyncjobs.summary import JobSummary
@@ -36,6 +37,11 @@ class NewRun:
     max_restarts: int = 10
     #: the triggering span's propagation headers as a JSON object (asyncjobs/telemetry.py)
     trace_context: str | None = None
+    #: a child's step within its parent (see ``asyncjobs.steps``); needs ``parent_run_id``
+    step_key: str | None = None
+    #: the argument holding the per-key limit's key, from the job's code; ``None``: the
+    #: database reads the job's stored key field, if it has one (a trigger by name)
+    key_field: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +75,20 @@ class FireResult:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """Outcome of one ``NewRun``: a new run, or the active run that holds its dedup id."""
+    """Outcome of one ``NewRun``: a new run, the active run that holds its dedup id, or the
+    child already triggered at its step (then ``step_job`` names that child's job, which the
+    caller compares with the one it asked for)."""
 
     run_id: int
     created: bool
+    step_job: str | None = None
+
+
+class ClaimBatch(list[RunRecord]):
+    """The runs a claim took, and, when a rate limit kept runs waiting, how many seconds
+    until it allows the next start (``wake_in``): the worker sleeps until then at most."""
+
+    wake_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +139,7 @@ class WorkerInfo:
 class QueueDefinition:
     name: str
     max_concurrency: int | None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +148,10 @@ class JobDefinition:
     queue: str
     max_concurrency: int | None
     args_schema: dict[str, Any]
+    #: the per-key limit (``asyncjobs.jobs.KeyLimit``): the key's argument and its limit
+    key_field: str | None = None
+    key_concurrency: int | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +274,10 @@ class Backend(Protocol):
         is not inserted: its ``Enqueued`` carries the holder's id, or, with
         ``reject_duplicates``, ``DuplicateRun`` is raised and nothing at all is written.
         """
+
+    async def release_step(self, parent_run_id: int, step_key: str) -> bool:
+        """Clear the step key of the parent's child at ``step_key`` if that child ended
+        without success, so a new child can be triggered at the step; False if none did."""
 
     async def claim(
         self,

@@ -209,6 +209,9 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
             self._notify(Notification(queues=ready, events=True))
         return results
 
+    async def release_step(self, parent_run_id: int, step_key: str) -> bool:
+        raise NotImplementedError("durable children need the PostgreSQL backend")
+
     async def claim(
         self,
         worker_id: str,

@@ -21,6 +21,7 @@ import orjson
 
 from asyncjobs import sql
 from asyncjobs.backends.base import (
+    ClaimBatch,
     Completion,
     Enqueued,
     FeedPage,
@@ -100,6 +101,23 @@ _INVARIANT_CONSTRAINTS = frozenset(
         "runs_schedule_fire_idx",
         # asyncjobs.telemetry.encode_context stores only objects under MAX_CONTEXT_BYTES
         "runs_trace_context_check",
+        # step keys and key limits are checked where declared (asyncjobs.jobs.Job,
+        # asyncjobs.steps); enqueue_runs inserts with ON CONFLICT on runs_step_idx and returns
+        # the step's existing child; the key itself is cut to 200 characters by its trigger
+        "runs_step_key_check",
+        "runs_step_has_parent",
+        "runs_step_idx",
+        "runs_concurrency_key_check",
+        "jobs_key_field_check",
+        "jobs_key_concurrency_check",
+        "jobs_key_limit_check",
+        # rate limits are parsed where declared (asyncjobs.rates)
+        "jobs_rate_limit_check",
+        "jobs_rate_period_check",
+        "jobs_rate_check",
+        "queues_rate_limit_check",
+        "queues_rate_period_check",
+        "queues_rate_check",
         "schedules_name_check",
         "schedules_job_check",
         "schedules_cron_check",
@@ -218,7 +236,8 @@ async def _applied_migrations(conn: _Connection) -> list[tuple[int, int | None]]
 
 def _raise_first_duplicate(runs: Sequence[NewRun], results: Sequence[Enqueued]) -> None:
     for run, result in zip(runs, results, strict=True):
-        if not result.created and run.dedup_id is not None:
+        # a child found at its step is the step's result, not a duplicate
+        if not result.created and result.step_job is None and run.dedup_id is not None:
             raise DuplicateRun(run.job, run.dedup_id, result.run_id)
 
 
@@ -383,10 +402,16 @@ class PostgresBackend:
             "register_definitions",
             [q.name for q in queues],
             [q.max_concurrency for q in queues],
+            [q.rate_limit.count if q.rate_limit else None for q in queues],
+            [q.rate_limit.period if q.rate_limit else None for q in queues],
             [j.name for j in jobs],
             [j.queue for j in jobs],
             [j.max_concurrency for j in jobs],
             [dumps(j.args_schema) for j in jobs],
+            [j.key_field for j in jobs],
+            [j.key_concurrency for j in jobs],
+            [j.rate_limit.count if j.rate_limit else None for j in jobs],
+            [j.rate_limit.period if j.rate_limit else None for j in jobs],
         )
 
     async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
@@ -437,33 +462,38 @@ class PostgresBackend:
                 [r.trigger.value for r in runs],
                 [r.max_restarts for r in runs],
                 [r.trace_context for r in runs],
+                [r.step_key for r in runs],
+                [r.key_field for r in runs],
             )
 
     async def _enqueue_on(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[Enqueued]:
         """Insert, then pair inputs with new ids (in order); a skipped run gets the id of the
-        active run holding its dedup id."""
+        child already at its step, else of the active run holding its dedup id."""
         rows = await self._insert(conn, runs)
         if len(rows) == len(runs):
             return [Enqueued(row["id"], True) for row in rows]
-        created = {(row["job"], row["dedup_id"]): row["id"] for row in rows if row["dedup_id"]}
-        plain = iter(row["id"] for row in rows if not row["dedup_id"])
-        missing = [
-            (r.job, r.dedup_id) for r in runs if r.dedup_id and (r.job, r.dedup_id) not in created
-        ]
-        holders: dict[tuple[str, str], int] = {}
-        if missing:
-            with translate_errors():
-                found = await conn.fetch(
-                    Q["active_run_ids_by_dedup"].text,
-                    [m[0] for m in missing],
-                    [m[1] for m in missing],
-                )
-            holders = {(row["job"], row["dedup_id"]): row["id"] for row in found}
+        by_step = {
+            (row["parent_run_id"], row["step_key"]): row["id"] for row in rows if row["step_key"]
+        }
+        created = {
+            (row["job"], row["dedup_id"]): row["id"]
+            for row in rows
+            if row["dedup_id"] and not row["step_key"]
+        }
+        plain = iter(row["id"] for row in rows if not row["dedup_id"] and not row["step_key"])
+        steps = await self._existing_steps(conn, runs, by_step)
+        holders = await self._dedup_holders(conn, runs, created, steps)
         results = []
         for run in runs:
-            if not run.dedup_id:
+            step = (run.parent_run_id, run.step_key)
+            if run.step_key and step in by_step:
+                results.append(Enqueued(by_step.pop(step), True))
+            elif run.step_key and step in steps:
+                child_id, child_job = steps[step]
+                results.append(Enqueued(child_id, False, step_job=child_job))
+            elif not run.dedup_id:
                 results.append(Enqueued(next(plain), True))
             elif (key := (run.job, run.dedup_id)) in created:
                 results.append(Enqueued(created.pop(key), True))
@@ -473,6 +503,55 @@ class PostgresBackend:
                 # The holder finished between our insert and the lookup: the id is free now.
                 results.extend(await self._enqueue_on(conn, [run]))
         return results
+
+    @staticmethod
+    async def _existing_steps(
+        conn: asyncpg.Pool | _Connection,
+        runs: Sequence[NewRun],
+        by_step: dict[tuple[int | None, str | None], int],
+    ) -> dict[tuple[int | None, str | None], tuple[int, str]]:
+        """The children already at the steps of runs that were not inserted. A child is never
+        deleted while its parent lives, so a step skipped by the insert is found here."""
+        missing = [
+            r for r in runs if r.step_key and (r.parent_run_id, r.step_key) not in by_step
+        ]
+        if not missing:
+            return {}
+        with translate_errors():
+            found = await conn.fetch(
+                Q["runs_by_step"].text,
+                [r.parent_run_id for r in missing],
+                [r.step_key for r in missing],
+            )
+        return {(row["parent_run_id"], row["step_key"]): (row["id"], row["job"]) for row in found}
+
+    @staticmethod
+    async def _dedup_holders(
+        conn: asyncpg.Pool | _Connection,
+        runs: Sequence[NewRun],
+        created: dict[tuple[str, str | None], int],
+        steps: dict[tuple[int | None, str | None], tuple[int, str]],
+    ) -> dict[tuple[str, str], int]:
+        missing = [
+            (r.job, r.dedup_id)
+            for r in runs
+            if r.dedup_id
+            and (r.job, r.dedup_id) not in created
+            and (r.parent_run_id, r.step_key) not in steps
+        ]
+        if not missing:
+            return {}
+        with translate_errors():
+            found = await conn.fetch(
+                Q["active_run_ids_by_dedup"].text,
+                [m[0] for m in missing],
+                [m[1] for m in missing],
+            )
+        return {(row["job"], row["dedup_id"]): row["id"] for row in found}
+
+    async def release_step(self, parent_run_id: int, step_key: str) -> bool:
+        """Free a step whose child did not succeed (see ``release_step`` in queries.sql)."""
+        return await self._fetchval("release_step", parent_run_id, step_key) is not None
 
     async def claim(
         self,
@@ -490,7 +569,11 @@ class PostgresBackend:
             capacity,
             timedelta(seconds=lease_seconds),
         )
-        return [_record(row) for row in rows]
+        batch = ClaimBatch(_record(row) for row in rows if row["id"] is not None)
+        for row in rows:
+            if row["id"] is None:  # the wake row: when a full rate limit allows a start
+                batch.wake_in = max(0.0, (row["not_before"] - row["created_at"]).total_seconds())
+        return batch
 
     async def complete(self, worker_id: str, completions: Sequence[Completion]) -> set[int]:
         if not completions:
@@ -676,19 +759,28 @@ class PostgresBackend:
             return None
         facts = dict(row)
         facts["active_children"] = tuple(facts["active_children"])
+        facts["reused_children"] = tuple(facts["reused_children"])
         job_full = row["job_limit"] is not None and row["job_running"] >= row["job_limit"]
         queue_full = row["queue_limit"] is not None and row["queue_running"] >= row["queue_limit"]
-        if run.status is RunStatus.PENDING and (job_full or queue_full):
-            holders = await self._fetch("slot_holders", run.job, run.queue, job_full, queue_full)
+        key_full = row["key_limit"] is not None and row["key_running"] >= row["key_limit"]
+        if run.status is RunStatus.PENDING and (job_full or queue_full or key_full):
+            holders = await self._fetch(
+                "slot_holders", run.job, run.queue, job_full, queue_full,
+                run.concurrency_key, key_full,
+            )  # fmt: skip
             found = [
                 SlotHolder(
                     h["id"], h["job"], h["queue"], h["worker_id"], h["started_at"],
-                    tuple(h["waiting_on"]),
+                    tuple(h["waiting_on"]), h["concurrency_key"],
                 )
                 for h in holders
             ]
             facts["job_holders"] = tuple(h for h in found if job_full and h.job == run.job)
             facts["queue_holders"] = tuple(h for h in found if queue_full and h.queue == run.queue)
+            facts["key_holders"] = tuple(
+                h for h in found
+                if key_full and h.job == run.job and h.concurrency_key == run.concurrency_key
+            )
         return RunFacts(run=run, **facts)
 
     async def job_summary(self, jobs: Sequence[str], window_seconds: float) -> JobSummary:

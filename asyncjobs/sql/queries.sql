@@ -34,45 +34,60 @@ UPDATE asyncjobs.schema_version v SET compatible_from = u.compatible_from
 -- name: register_definitions :exec
 -- Upsert queues and jobs with their limits on worker start; `enabled` is left as it is.
 WITH queues AS (
-    INSERT INTO asyncjobs.queues (name, max_concurrency)
-    SELECT * FROM unnest($1::text[], $2::integer[])
+    INSERT INTO asyncjobs.queues (name, max_concurrency, rate_limit, rate_period)
+    SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[], $4::interval[])
     ON CONFLICT (name) DO UPDATE
-       SET max_concurrency = excluded.max_concurrency, updated_at = now()
-     WHERE queues.max_concurrency IS DISTINCT FROM excluded.max_concurrency
+       SET max_concurrency = excluded.max_concurrency, rate_limit = excluded.rate_limit,
+           rate_period = excluded.rate_period, updated_at = now()
+     WHERE (queues.max_concurrency, queues.rate_limit, queues.rate_period)
+           IS DISTINCT FROM (excluded.max_concurrency, excluded.rate_limit, excluded.rate_period)
 )
-INSERT INTO asyncjobs.jobs (name, queue, max_concurrency, args_schema)
-SELECT * FROM unnest($3::text[], $4::text[], $5::integer[], $6::jsonb[])
+INSERT INTO asyncjobs.jobs (name, queue, max_concurrency, args_schema, key_field,
+                           key_concurrency, rate_limit, rate_period)
+SELECT * FROM unnest($5::text[], $6::text[], $7::integer[], $8::jsonb[], $9::text[],
+                     $10::integer[], $11::integer[], $12::interval[])
 ON CONFLICT (name) DO UPDATE
    SET queue = excluded.queue, max_concurrency = excluded.max_concurrency,
-       args_schema = excluded.args_schema, updated_at = now()
- WHERE (jobs.queue, jobs.max_concurrency, jobs.args_schema)
-       IS DISTINCT FROM (excluded.queue, excluded.max_concurrency, excluded.args_schema);
+       args_schema = excluded.args_schema, key_field = excluded.key_field,
+       key_concurrency = excluded.key_concurrency, rate_limit = excluded.rate_limit,
+       rate_period = excluded.rate_period, updated_at = now()
+ WHERE (jobs.queue, jobs.max_concurrency, jobs.args_schema, jobs.key_field,
+        jobs.key_concurrency, jobs.rate_limit, jobs.rate_period)
+       IS DISTINCT FROM (excluded.queue, excluded.max_concurrency, excluded.args_schema,
+                         excluded.key_field, excluded.key_concurrency, excluded.rate_limit,
+                         excluded.rate_period);
 
 -- name: enqueue_runs :many
 -- Insert one or many runs in one round trip. A run whose (job, dedup_id) is already held by an
--- active run is skipped (ON CONFLICT on the partial unique index) and not returned; the caller
--- looks up the holder. Ids come from the sequence first so a root run can point at itself.
+-- active run, or whose (parent_run_id, step_key) already has a child, is skipped (ON CONFLICT
+-- on those partial unique indexes) and not returned; the caller looks up the holder. Ids come
+-- from the sequence first so a root run can point at itself. The per-key limit's key is read
+-- from the arguments here, by the field the caller's code names (so a client that has the
+-- job's code gets keys before any worker registered the job); without one the
+-- runs_concurrency_key trigger reads the job's stored key field.
 WITH input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, u.*
       FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[],
                   $6::timestamptz[], $7::text[], $8::integer[], $9::bigint[], $10::bigint[],
-                  $11::asyncjobs.run_trigger[], $12::integer[], $13::jsonb[])
+                  $11::asyncjobs.run_trigger[], $12::integer[], $13::jsonb[], $14::text[],
+                  $15::text[])
            WITH ORDINALITY AS u(job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger,
-                                max_restarts, trace_context, ord)
+                                max_restarts, trace_context, step_key, key_field, ord)
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger, max_restarts,
-                                trace_context)
+                                trace_context, step_key, concurrency_key)
     SELECT id, job, queue, args, priority, coalesce(not_before, now()), not_after, dedup_id,
            max_attempts, parent_run_id, coalesce(root_run_id, id), trigger, max_restarts,
-           trace_context
+           trace_context, step_key, left(args ->> key_field, 200)
       FROM input ORDER BY ord
-    ON CONFLICT (job, dedup_id) WHERE dedup_id IS NOT NULL AND status IN ('pending', 'running')
-    DO NOTHING
+    -- no conflict target: both runs_dedup_idx and runs_step_idx skip the row (a target can
+    -- name only one of them)
+    ON CONFLICT DO NOTHING
     RETURNING id, job, queue, status, trigger, priority, not_before, not_after, dedup_id,
-              attempt, max_attempts, parent_run_id, root_run_id, created_at
+              attempt, max_attempts, parent_run_id, root_run_id, created_at, step_key
 ),
 created AS (
     INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
@@ -87,6 +102,20 @@ notified AS (
 )
 SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
 
+-- name: runs_by_step :many
+-- The children already triggered at these (parent_run_id, step_key) steps.
+SELECT r.parent_run_id, r.step_key, r.id, r.job, r.status
+  FROM unnest($1::bigint[], $2::text[]) AS k(parent_run_id, step_key)
+  JOIN asyncjobs.runs r ON r.parent_run_id = k.parent_run_id AND r.step_key = k.step_key;
+
+-- name: release_step :one
+-- Free a step whose child ended without success, so the parent can trigger a new child at
+-- it (`rerun_failed`); the old child keeps its parent, only its step key is cleared.
+UPDATE asyncjobs.runs SET step_key = NULL
+ WHERE parent_run_id = $1 AND step_key = $2
+   AND status IN ('failed', 'cancelled', 'expired')
+RETURNING id;
+
 -- name: active_run_ids_by_dedup :many
 -- The active runs holding these (job, dedup_id) pairs.
 SELECT r.job, r.dedup_id, r.id
@@ -95,8 +124,9 @@ SELECT r.job, r.dedup_id, r.id
  WHERE r.status IN ('pending', 'running');
 
 -- name: claim_runs :many
--- Claim up to $4 runs for worker $1 (see asyncjobs.claim_runs in schema.sql).
-SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5);
+-- Claim up to $4 runs for worker $1 (see asyncjobs.claim_runs in schema.sql); a last row
+-- with a NULL id, if any, says when a full rate limit allows the next start.
+SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5, true);
 
 -- name: complete_runs :many
 -- Finish a batch of runs, fenced: a row changes only while (id, attempt, worker) still owns it
@@ -517,21 +547,48 @@ SELECT now() AS now,
            AS ahead,
        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
          WHERE c.parent_run_id = r.id AND c.root_run_id = r.root_run_id
-           AND c.status IN ('pending', 'running')) AS active_children
+           AND c.status IN ('pending', 'running')) AS active_children,
+       -- children an earlier attempt triggered, which this attempt got back at their steps
+       (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
+         WHERE c.parent_run_id = r.id AND c.step_key IS NOT NULL
+           AND c.created_at < r.started_at AND r.attempt > 1) AS reused_children,
+       -- the per-key limit (claim_runs): the run's key and how many of it run
+       j.key_concurrency AS key_limit,
+       (SELECT count(*) FROM asyncjobs.runs x
+         WHERE x.status = 'running' AND x.job = r.job
+           AND x.concurrency_key = r.concurrency_key) AS key_running,
+       -- rate limits: starts in the window now, and when a full one allows the next
+       j.rate_limit AS job_rate_limit,
+       (SELECT count(*) FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'job:' || r.job AND s.at > clock_timestamp() - j.rate_period)
+           AS job_rate_starts,
+       (SELECT min(s.at) + j.rate_period FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'job:' || r.job AND s.at > clock_timestamp() - j.rate_period)
+           AS job_rate_next,
+       q.rate_limit AS queue_rate_limit,
+       (SELECT count(*) FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'queue:' || r.queue AND s.at > clock_timestamp() - q.rate_period)
+           AS queue_rate_starts,
+       (SELECT min(s.at) + q.rate_period FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'queue:' || r.queue AND s.at > clock_timestamp() - q.rate_period)
+           AS queue_rate_next
   FROM asyncjobs.runs r
   LEFT JOIN asyncjobs.jobs j ON j.name = r.job
   LEFT JOIN asyncjobs.queues q ON q.name = r.queue
  WHERE r.id = $1;
 
 -- name: slot_holders :many
--- The running runs that hold the slots of job $1 (when $3) or of queue $2 (when $4), each
+-- The running runs that hold the slots of job $1 (when $3), of queue $2 (when $4) or of key
+-- $5 of job $1 (when $6), each
 -- with its active children: a parent waiting on a child still holds its slot.
-SELECT r.id, r.job, r.queue, r.worker_id, r.started_at,
+SELECT r.id, r.job, r.queue, r.worker_id, r.started_at, r.concurrency_key,
        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
          WHERE c.parent_run_id = r.id AND c.root_run_id = r.root_run_id
            AND c.status IN ('pending', 'running')) AS waiting_on
   FROM asyncjobs.runs r
- WHERE r.status = 'running' AND (($3 AND r.job = $1) OR ($4 AND r.queue = $2))
+ WHERE r.status = 'running'
+   AND (($3 AND r.job = $1) OR ($4 AND r.queue = $2)
+        OR ($6 AND r.job = $1 AND r.concurrency_key = $5))
  ORDER BY r.started_at, r.id
  LIMIT 100;
 
