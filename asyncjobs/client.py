@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 import anyio
 
 from asyncjobs import inputs, telemetry
+from asyncjobs.activity import DEFAULT_WINDOW, MAX_WINDOW, Activity, WorkerState
 from asyncjobs.backends.base import (
     Backend,
     Enqueued,
@@ -470,12 +471,13 @@ class Client:
         cursor: int | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        roots_only: bool = False,
     ) -> RunPage:
         """Runs newest first, filtered; pass ``page.next_cursor`` back for the next page.
 
-        ``created_after`` is inclusive, ``created_before`` exclusive. A filter it cannot use
-        (an unknown status, a NUL in ``job``, a limit outside 1..1000) raises
-        ``InvalidArguments``.
+        ``created_after`` is inclusive, ``created_before`` exclusive; ``roots_only`` leaves
+        out child runs (those with a parent). A filter it cannot use (an unknown status, a NUL
+        in ``job``, a limit outside 1..1000) raises ``InvalidArguments``.
         """
         where = inputs.run_filter(
             job=job,
@@ -487,6 +489,7 @@ class Client:
             cursor=cursor,
             created_after=created_after,
             created_before=created_before,
+            roots_only=roots_only,
         )
         runs = await self.backend.get_runs(where)
         return RunPage(runs, runs[-1].id if len(runs) == limit else None)
@@ -645,6 +648,23 @@ class Client:
         names = self._job_names(job)
         inputs.duration(window, "window")
         return await self.backend.job_summary(names, window.total_seconds())
+
+    async def get_workers(self, *, worker_ttl: float = DEFAULT_WORKER_TTL) -> list[WorkerState]:
+        """Every registered worker: its queues, concurrency, the runs it holds now and its last
+        heartbeat; ``alive`` when that heartbeat is at most ``worker_ttl`` seconds old (by the
+        database clock). A worker silent for longer is dropped by the next sweep."""
+        if worker_ttl <= 0:
+            raise InvalidArguments("worker_ttl must be positive")
+        return await self.backend.get_workers(worker_ttl)
+
+    async def activity(self, window: timedelta = DEFAULT_WINDOW) -> Activity:
+        """What each queue and job holds now (pending, ready, running, limit, how long the
+        oldest ready run has waited: the ``/metrics`` gauges) and the runs that finished
+        within ``window`` (at most a day), per minute and job by final status, with each
+        job's p50/p95 duration over the window."""
+        if not timedelta(minutes=1) <= window <= MAX_WINDOW:
+            raise InvalidArguments("window must be between one minute and one day")
+        return await self.backend.activity(window.total_seconds())
 
     async def last_success(self, job: str | Job[Any, Any]) -> LastSuccess | None:
         """The most recently finished successful run of ``job`` (time, id, duration)."""

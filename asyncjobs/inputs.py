@@ -75,6 +75,7 @@ def run_filter(
     cursor: object = None,
     created_after: object = None,
     created_before: object = None,
+    roots_only: object = False,
 ) -> RunFilter:
     """``Client.get_runs``'s filters, checked; the dashboard checks a request's the same way
     before it opens a stream."""
@@ -88,7 +89,14 @@ def run_filter(
         limit=check_int(limit, "limit", InvalidArguments, 1, MAX_PAGE),
         created_after=_optional_time(created_after, "created_after"),
         created_before=_optional_time(created_before, "created_before"),
+        roots_only=_flag(roots_only, "roots_only"),
     )
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArguments(f"{what} must be True or False")
+    return value
 
 
 def event_window(after_id: object, limit: object) -> tuple[int, int]:

@@ -248,7 +248,7 @@ async def test_the_prune_and_demo_commands(dsn: str) -> None:
         assert process.returncode == 0, output.decode()
         return output.decode()
 
-    demo = await run_cli("demo", "--exit", "--port", "0")
+    demo = await run_cli("demo", "--exit", "--port", "0", "--pace", "0.1")
     assert "dashboard: http://127.0.0.1:" in demo and "#/runs/1" in demo
     assert "└─ #8 send_email" in demo
     pruned = await run_cli("prune", "--older-than", "0s")

@@ -249,7 +249,9 @@ async def test_the_demo_trace_page(dsn: str, tmp_path: Path, chromium: Any) -> N
         dashboard(demo, dsn, title="asyncjobs demo") as server,
         open_page(chromium) as (page, problems),
     ):
-        run = await client.trigger_async(checkout, order_id=7, skus=["apple", "pear", "fig"])
+        run = await client.trigger_async(
+            checkout, order_id=7, skus=["apple", "pear", "fig"], pace=0.2
+        )
         await page.goto(f"{server.url}#/runs/{run.id}")
         await page.wait_for_selector('#live[data-state="ended"]', timeout=30_000)
         rows = page.locator("#tree tr[data-run-id]")

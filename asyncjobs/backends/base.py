@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from asyncjobs.activity import Activity, WorkerState
 from asyncjobs.explain import RunFacts
 from asyncjobs.gauges import ClusterGauges
 from asyncjobs.rates import RateLimit
@@ -166,6 +167,8 @@ class RunFilter:
     #: created at or after / strictly before these times
     created_after: datetime | None = None
     created_before: datetime | None = None
+    #: only runs that have no parent (the roots of trace trees)
+    roots_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +350,12 @@ class Backend(Protocol):
     async def cluster_gauges(self, worker_ttl_seconds: float) -> ClusterGauges:
         """Pending, ready and running runs and limits by queue and by job, and the workers
         whose heartbeat is at most ``worker_ttl_seconds`` old, in one cheap read."""
+
+    async def get_workers(self, worker_ttl_seconds: float) -> list[WorkerState]:
+        """Registered workers, each alive when its heartbeat is at most that old."""
+
+    async def activity(self, window_seconds: float) -> Activity:
+        """Queue load now and the runs finished within the window (``Client.activity``)."""
 
     async def read_feed(
         self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from asyncjobs import sql
+from asyncjobs.activity import Activity, WorkerState
 from asyncjobs.backends import memory_runs
 from asyncjobs.backends.base import (
     Backend,
@@ -60,7 +61,7 @@ from asyncjobs.backends.memory_tables import (
     jsonb,
 )
 from asyncjobs.codec import dumps
-from asyncjobs.errors import DatabaseError, DuplicateRun
+from asyncjobs.errors import ConfigurationError, DatabaseError, DuplicateRun
 from asyncjobs.gauges import ClusterGauges
 from asyncjobs.runs import TERMINAL_STATUSES, RunEvent, RunRecord, RunStatus
 
@@ -86,6 +87,13 @@ class MemoryBackend(MemoryFeed, MemorySchedules):
 
     def __repr__(self) -> str:
         return f"<MemoryBackend runs={len(self._tables.runs)} open={self._users > 0}>"
+
+    # this backend is being removed: the dashboard's cluster views need PostgreSQL
+    async def get_workers(self, worker_ttl_seconds: float) -> list[WorkerState]:
+        raise ConfigurationError("the in-memory backend does not list workers")
+
+    async def activity(self, window_seconds: float) -> Activity:
+        raise ConfigurationError("the in-memory backend does not report activity")
 
     def now(self) -> datetime:
         """The backend's clock: wall time at creation, moved on by ``clock``."""

@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 
 from asyncjobs import sql
+from asyncjobs.activity import MAX_LISTED_RUNS, Activity, FinishedCount, WorkerState
 from asyncjobs.backends.base import (
     ClaimBatch,
     Completion,
@@ -50,7 +51,7 @@ from asyncjobs.errors import (
     InvalidArguments,
     SchemaMismatch,
 )
-from asyncjobs.explain import RunFacts, SlotHolder
+from asyncjobs.explain import DEFAULT_WORKER_TTL, RunFacts, SlotHolder
 from asyncjobs.gauges import ClusterGauges, Load
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleDefinition, ScheduleState
@@ -668,6 +669,7 @@ class PostgresBackend:
             where.limit,
             where.created_after,
             where.created_before,
+            where.roots_only,
         )
         return [_record(row) for row in rows]
 
@@ -811,6 +813,34 @@ class PostgresBackend:
             )
         return ClusterGauges(tuple(loads["queue"]), tuple(loads["job"]), alive, slots)
 
+    async def get_workers(self, worker_ttl_seconds: float) -> list[WorkerState]:
+        rows = await self._fetch("get_workers", MAX_LISTED_RUNS)
+        workers = []
+        for row in rows:
+            silent = max((row["now"] - row["heartbeat_at"]).total_seconds(), 0.0)
+            workers.append(
+                WorkerState(
+                    row["id"], row["host"], row["pid"], tuple(row["queues"]), tuple(row["jobs"]),
+                    row["concurrency"], row["running"],
+                    tuple(zip(row["run_ids"], row["run_jobs"], strict=True)),
+                    row["started_at"], row["heartbeat_at"], silent, silent <= worker_ttl_seconds,
+                )
+            )
+        return workers
+
+    async def activity(self, window_seconds: float) -> Activity:
+        gauges = await self.cluster_gauges(DEFAULT_WORKER_TTL)
+        rows = await self._fetch("finished_per_minute", timedelta(seconds=window_seconds))
+        counts = [_finished_count(r) for r in rows if r["job"] is not None]
+        return Activity(
+            rows[0]["now"],
+            timedelta(seconds=window_seconds),
+            gauges.queues,
+            gauges.jobs,
+            tuple(c for c in counts if c.minute is not None),
+            tuple(c for c in counts if c.minute is None),
+        )
+
     # ------------------------------------------------------------------ event feed, dashboard
 
     async def read_feed(
@@ -872,3 +902,11 @@ class PostgresBackend:
 
     def remove_listener(self, listener: Listener) -> None:
         self._listener.remove(listener)
+
+
+def _finished_count(row: asyncpg.Record) -> FinishedCount:
+    p50, p95 = row["percentiles"] if row["minute"] is None and row["percentiles"] else (None, None)
+    return FinishedCount(
+        row["minute"], row["job"], row["queue"], row["succeeded"], row["failed"],
+        row["cancelled"], p50, p95,
+    )

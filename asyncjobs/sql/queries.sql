@@ -383,6 +383,7 @@ SELECT * FROM asyncjobs.runs
    AND ($6::bigint IS NULL OR id < $6)
    AND ($8::timestamptz IS NULL OR created_at >= $8)
    AND ($9::timestamptz IS NULL OR created_at < $9)
+   AND (NOT $10::boolean OR id = root_run_id)
  ORDER BY id DESC
  LIMIT $7;
 
@@ -774,3 +775,57 @@ SELECT 'job', n.name,
 UNION ALL
 SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
   FROM asyncjobs.workers WHERE heartbeat_at > now() - $1::interval;
+
+-- ---------------------------------------------------------------------- dashboard views
+-- (asyncjobs/activity.py: workers and the last hour's finished runs; the load now is
+-- cluster_gauges')
+
+-- name: get_workers :many
+-- Registered workers with the runs each holds now (one pass over the running rows, which
+-- runs_running_idx keeps apart; the first $1 of them by id, with their jobs), and the
+-- database clock to judge their heartbeats by.
+SELECT now() AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency, w.started_at,
+       w.heartbeat_at, coalesce(r.running, 0) AS running,
+       coalesce(r.run_ids[1:$1], '{}') AS run_ids, coalesce(r.run_jobs[1:$1], '{}') AS run_jobs
+  FROM asyncjobs.workers w
+  LEFT JOIN (SELECT worker_id, count(*) AS running, array_agg(id ORDER BY id) AS run_ids,
+                    array_agg(job ORDER BY id) AS run_jobs
+               FROM asyncjobs.runs WHERE status = 'running' GROUP BY worker_id) r
+         ON r.worker_id = w.id
+ ORDER BY w.started_at, w.id;
+
+-- name: finished_per_minute :many
+-- Runs that finished within the last $1, counted per minute, job and queue by final status,
+-- and per job and queue (minute NULL) with the 50th/95th percentile of the last attempt's
+-- duration; the database clock on every row (one row with only `now` when none finished).
+-- There is no index on created_at or finished_at; ids grow with creation time, so a binary
+-- search over the primary key (about 2·log2(runs) index probes) finds the first run created
+-- at most two windows ago, and only runs from there on are read: a run that took longer than
+-- one window from creation to finish is not counted.
+WITH RECURSIVE search (lo, hi) AS (
+    SELECT coalesce(min(id), 0), coalesce(max(id), 0) + 1 FROM asyncjobs.runs
+  UNION ALL
+    SELECT CASE WHEN p.created_at < now() - 2 * $1::interval THEN p.id + 1 ELSE s.lo END,
+           CASE WHEN p.created_at < now() - 2 * $1::interval THEN s.hi
+                ELSE (s.lo + s.hi) / 2 END
+      FROM search s
+      LEFT JOIN LATERAL (SELECT r.id, r.created_at FROM asyncjobs.runs r
+                          WHERE r.id >= (s.lo + s.hi) / 2 ORDER BY r.id LIMIT 1) p ON true
+     WHERE s.lo < s.hi
+),
+counted AS (
+    SELECT date_trunc('minute', r.finished_at) AS minute, r.job, r.queue,
+           count(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE r.status = 'failed') AS failed,
+           count(*) FILTER (WHERE r.status IN ('cancelled', 'expired')) AS cancelled,
+           percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
+               ORDER BY extract(epoch FROM r.finished_at - r.started_at))
+               FILTER (WHERE r.status IN ('succeeded', 'failed') AND r.started_at IS NOT NULL)
+               ::float8[] AS percentiles
+      FROM asyncjobs.runs r
+     WHERE r.id >= (SELECT max(lo) FROM search) AND r.finished_at >= now() - $1::interval
+     GROUP BY GROUPING SETS ((1, r.job, r.queue), (r.job, r.queue))
+)
+SELECT c.now, f.*
+  FROM (SELECT now() AS now) c LEFT JOIN counted f ON true
+ ORDER BY f.minute NULLS FIRST, f.job;

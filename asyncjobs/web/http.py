@@ -107,9 +107,19 @@ def run_filters(request: Request) -> dict[str, Any]:
         "root_run_id": optional_int(query.get("root"), "root"),
         "created_after": optional_time(query.get("since"), "since"),
         "created_before": optional_time(query.get("until"), "until"),
+        "roots_only": flag(query.get("roots"), "roots"),
     }
     inputs.run_filter(**filters)  # the client's own checks, now: a stream must not fail later
     return filters
+
+
+def flag(text: str | None, name: str) -> bool:
+    """A query flag: ``1``/``true`` or ``0``/``false`` (absent: false)."""
+    if text is None or text in ("", "0", "false"):
+        return False
+    if text in ("1", "true"):
+        return True
+    raise ApiError(400, "BadRequest", f"{name} must be 1 or 0")
 
 
 def optional_int(text: str | None, name: str) -> int | None:

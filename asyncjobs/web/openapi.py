@@ -58,6 +58,7 @@ RUN_FILTERS = [
     _query("root", "Root run id (a whole trace tree)", {"type": "integer"}),
     _query("since", "Created at or after (ISO 8601 with time zone)", {"format": "date-time"}),
     _query("until", "Created before (ISO 8601 with time zone)", {"format": "date-time"}),
+    _query("roots", "1: only root runs (no children)", {"enum": ["0", "1"]}),
     _query("limit", "Page size (1-1000, default 50)", {"type": "integer"}),
 ]
 STREAM_NOTE = (
@@ -252,6 +253,73 @@ def _paths(app: App) -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        **_cluster_paths(),
+    }
+
+
+def _cluster_paths() -> dict[str, Any]:
+    """The workers, schedules and queue views, and "why pending" / "run it again"."""
+    run_id = [_path("run_id")]
+    listed = {"type": "object"}
+    return {
+        "/api/workers": {
+            "get": {
+                "summary": "Registered workers: queues, concurrency, running runs, heartbeat",
+                "parameters": [
+                    _query(
+                        "ttl",
+                        "Seconds of silence after which a worker is not alive (default 30)",
+                        {"type": "integer"},
+                    ),
+                ],
+                "responses": {"200": _json(listed), **ERRORS},
+            }
+        },
+        "/api/schedules": {
+            "get": {
+                "summary": "Stored schedules: timing, next and last fire, misfire policy, "
+                "switch (arguments redacted like runs')",
+                "responses": {"200": _json(listed), **ERRORS},
+            }
+        },
+        "/api/schedules/{name}/enabled": {"post": _switch("schedule")},
+        "/api/activity": {
+            "get": {
+                "summary": "Queue load now, and the runs finished within the window per minute "
+                "and per job (with p50/p95 duration)",
+                "parameters": [
+                    _query(
+                        "window",
+                        "Seconds to look back (60-86400, default 3600)",
+                        {"type": "integer"},
+                    ),
+                ],
+                "responses": {"200": _json(listed), **ERRORS},
+            }
+        },
+        "/api/runs/{run_id}/explain": {
+            "get": {
+                "summary": "Why the run is where it is (Client.explain): a reason code, a "
+                "sentence and its data for each thing holding a pending run back",
+                "parameters": run_id,
+                "responses": {"200": _json(listed), "404": _json(_ref("Error")), **ERRORS},
+            }
+        },
+        "/api/runs/{run_id}/retry": {
+            "post": {
+                "summary": "Run a finished run again with the same arguments (trigger `retry`, "
+                "its parent is the old run)",
+                "description": POST_NOTE,
+                "parameters": run_id,
+                "responses": {
+                    "201": _json(listed, "Triggered"),
+                    "404": _json(_ref("Error")),
+                    "409": _json(_ref("Error"), "A run with the same dedup id is active"),
+                    "422": _json(_ref("Error"), "The run has not finished"),
+                    **ERRORS,
+                },
             }
         },
     }

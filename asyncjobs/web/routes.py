@@ -34,6 +34,7 @@ from asyncjobs.web.http import (
 from asyncjobs.web.metrics_route import metrics_route
 from asyncjobs.web.openapi import openapi_document
 from asyncjobs.web.serialize import event_json, jobs_json, run_json, update_json
+from asyncjobs.web.views import ClusterApi
 
 if TYPE_CHECKING:
     from asyncjobs.web.dashboard import DashboardState
@@ -80,6 +81,7 @@ class Api:
             Route("/api/queues/{name}/enabled", self.set_queue_enabled, methods=["POST"]),
             Route("/api/stats", self.stats, methods=["GET"]),
             metrics_route(self.state),
+            *ClusterApi(self.state).routes(),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
 

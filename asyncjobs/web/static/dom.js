@@ -43,3 +43,21 @@ export function throttled(fn) {
 export function json(value) {
   return JSON.stringify(value, null, 2);
 }
+
+// SVG elements (charts): attributes only, never markup.
+const SVG_NS = "http://www.w3.org/2000/svg";
+export function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null) el.setAttribute(key, String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+// Calls load now and every `ms` while the view is shown; returns the stop function.
+export function every(ms, load) {
+  load();
+  const timer = setInterval(load, ms);
+  return () => clearInterval(timer);
+}

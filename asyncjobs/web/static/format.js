@@ -25,12 +25,27 @@ export function clock(ms) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+// Local date and time to the second: tables show the day too (runs outlive midnight).
 export function dateTime(ms) {
   if (ms === null || ms === undefined) return "";
   const d = new Date(ms);
-  const today = new Date();
-  const sameDay = d.toDateString() === today.toDateString();
-  return sameDay ? clock(ms) : `${d.toISOString().slice(0, 10)} ${clock(ms)}`;
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+// "12 s ago" / "in 3m 4s": how far a time is from now, in words.
+export function relative(ms, now = Date.now()) {
+  if (ms === null || ms === undefined) return "";
+  const delta = ms - now;
+  const text = ago(Math.abs(delta));
+  return delta < 0 ? `${text} ago` : `in ${text}`;
+}
+
+// A span of time to the second ("now" under one second): heartbeats and fire times.
+export function ago(ms) {
+  if (ms < 1000) return "<1 s";
+  if (ms < 60000) return `${Math.round(ms / 1000)} s`;
+  return duration(Math.round(ms / 1000) * 1000);
 }
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);

@@ -126,11 +126,32 @@ function fieldFor(name, raw, root, required) {
       try { return JSON.parse(input.value); } catch (exc) { throw new Error(`${name}: not valid JSON (${exc.message})`); }
     };
   }
+  const problem = h("div", { class: "field-error", id: `${id}-error`, hidden: true });
   const field = h("div", { class: "field" },
     h("label", { for: id }, label, h("span", { class: "hint" }, hint)),
     input,
+    problem,
     schema.description ? h("div", { class: "muted" }, schema.description) : null);
-  return { name, field, read };
+  const showError = (messages) => {
+    field.classList.toggle("invalid", messages.length > 0);
+    problem.hidden = messages.length === 0;
+    problem.textContent = messages.join("; ");
+  };
+  return { name, field, read, showError };
+}
+
+// The server's validation errors: each under its field, once; the rest in the form's box.
+function placeErrors(fields, errors) {
+  const byField = new Map(fields.map((f) => [f.name, []]));
+  const other = [];
+  for (const e of errors) {
+    const loc = (e.loc || []).map(String);
+    const messages = byField.get(loc[0]);
+    const text = loc.length > 1 ? `${loc.slice(1).join(".")}: ${e.msg}` : e.msg;
+    if (messages) { if (!messages.includes(text)) messages.push(text); } else other.push(`${loc.join(".") || "arguments"}: ${e.msg}`);
+  }
+  for (const f of fields) f.showError(byField.get(f.name));
+  return other;
 }
 
 function triggerForm(job) {
@@ -144,6 +165,7 @@ function triggerForm(job) {
     onsubmit: async (event) => {
       event.preventDefault();
       replace(errors);
+      for (const f of fields) f.showError([]);
       const args = {};
       try {
         for (const f of fields) {
@@ -160,10 +182,15 @@ function triggerForm(job) {
         location.hash = `#/runs/${run.id}`;
       } catch (exc) {
         submit.disabled = false;
-        const list = exc instanceof ApiError && exc.errors.length
-          ? h("ul", {}, exc.errors.map((e) => h("li", {}, `${(e.loc || []).join(".") || "arguments"}: ${e.msg}`)))
-          : null;
-        replace(errors, h("div", { class: "error-box" }, exc.message, list));
+        if (!(exc instanceof ApiError) || !exc.errors.length) {
+          replace(errors, h("div", { class: "error-box" }, exc.message));
+          return;
+        }
+        // the message repeats the list: show the list only, each error by its field
+        const other = placeErrors(fields, exc.errors);
+        replace(errors, h("div", { class: "error-box", id: "form-errors" },
+          `The arguments do not fit ${job.name}: ${exc.errors.length - other.length ? "see the marked fields" : "see below"}.`,
+          other.length ? h("ul", {}, [...new Set(other)].map((t) => h("li", {}, t))) : null));
       }
     },
   },

@@ -28,9 +28,14 @@ export function renderRuns(view, setLive) {
     job: params.get("job") || "",
     status: params.get("status") || "",
     trigger: params.get("trigger") || "",
+    since: params.get("since") || "",
+    until: params.get("until") || "",
   };
+  // root runs only unless asked: children are in their trace, and would flood the list
+  const showChildren = params.get("children") === "1";
   const runs = new Map();
   let nextCursor = null;
+  let loaded = false;
   let stream = null;
   const tbody = h("tbody");
   const more = h("button", { onclick: () => loadMore() }, "Load older runs");
@@ -41,36 +46,62 @@ export function renderRuns(view, setLive) {
     h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)));
   const triggerSelect = h("select", { "aria-label": "trigger", onchange: apply },
     h("option", { value: "" }, "any trigger"), TRIGGERS.map((t) => h("option", { value: t }, t)));
+  const children = h("input", { type: "checkbox", id: "show-children", checked: showChildren, onchange: apply });
+  const since = h("input", { type: "datetime-local", "aria-label": "created after", id: "since", step: "1", value: localInput(filters.since), onchange: apply });
+  const until = h("input", { type: "datetime-local", "aria-label": "created before", id: "until", step: "1", value: localInput(filters.until), onchange: apply });
+  const search = h("input", {
+    type: "search", id: "search", placeholder: "run id or job name", "aria-label": "search",
+    onkeydown: (event) => {
+      if (event.key !== "Enter") return;
+      const text = search.value.trim().replace(/^#/, "");
+      if (/^\d+$/.test(text)) location.hash = `#/runs/${text}`;
+      else { jobSelect.value = ""; apply(text); }
+    },
+  });
   statusSelect.value = filters.status;
   triggerSelect.value = filters.trigger;
   getJSON("api/jobs").then((data) => {
     for (const job of data.jobs) jobSelect.append(h("option", { value: job.name }, job.name));
+    if (filters.job && !data.jobs.some((j) => j.name === filters.job)) jobSelect.append(h("option", { value: filters.job }, filters.job));
     jobSelect.value = filters.job;
   }).catch(() => {});
 
-  function apply() {
+  function apply(jobName) {
     const query = new URLSearchParams();
-    if (jobSelect.value) query.set("job", jobSelect.value);
+    const job = typeof jobName === "string" ? jobName : jobSelect.value;
+    if (job) query.set("job", job);
     if (statusSelect.value) query.set("status", statusSelect.value);
     if (triggerSelect.value) query.set("trigger", triggerSelect.value);
+    if (children.checked) query.set("children", "1");
+    if (since.value) query.set("since", new Date(since.value).toISOString());
+    if (until.value) query.set("until", new Date(until.value).toISOString());
     location.hash = `#/${query.toString() ? `?${query}` : ""}`;
   }
 
   function query(extra) {
     const q = new URLSearchParams(extra);
     for (const [key, value] of Object.entries(filters)) if (value) q.set(key, value);
+    if (!showChildren) q.set("roots", "1");
     return q.toString();
   }
 
+  const created = (run) => parseTime(run.created_at);
   const matches = (run) => (!filters.job || run.job === filters.job)
     && (!filters.status || run.status === filters.status)
-    && (!filters.trigger || run.trigger === filters.trigger);
+    && (!filters.trigger || run.trigger === filters.trigger)
+    && (showChildren || run.parent_run_id === null)
+    && (!filters.since || created(run) >= Date.parse(filters.since))
+    && (!filters.until || created(run) < Date.parse(filters.until));
 
   const render = throttled(() => {
     const now = Date.now();
     const sorted = [...runs.values()].sort((a, b) => b.id - a.id).slice(0, MAX_ROWS);
-    if (!sorted.length) {
-      replace(tbody, h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No runs yet. Trigger a job from the Jobs page.")));
+    if (!loaded) {
+      replace(tbody, h("tr", {}, h("td", { colspan: 8, class: "empty", dataset: { state: "loading" } }, "Loading runs…")));
+    } else if (!sorted.length) {
+      const filtered = Object.values(filters).some(Boolean);
+      replace(tbody, h("tr", {}, h("td", { colspan: 8, class: "empty" },
+        filtered ? "No run matches these filters." : "No runs yet. Trigger a job from the Jobs page.")));
     } else {
       replace(tbody, sorted.map((run) => row(run, now)));
     }
@@ -83,7 +114,7 @@ export function renderRuns(view, setLive) {
       onclick: () => { location.hash = `#/runs/${run.id}`; },
     },
     h("td", { class: "num" }, h("a", { href: `#/runs/${run.id}` }, `#${run.id}`)),
-    h("td", {}, run.job),
+    h("td", {}, run.job, run.parent_run_id !== null ? h("span", { class: "children" }, `child of #${run.parent_run_id}`) : null),
     h("td", {}, badge(run)),
     h("td", {}, run.trigger),
     h("td", { class: "num" }, `${run.attempt}/${run.max_attempts}`),
@@ -114,6 +145,7 @@ export function renderRuns(view, setLive) {
     onState: setLive,
     onMessage(kind, data) {
       if (kind === "snapshot") {
+        loaded = true;
         runs.clear();
         for (const run of data.runs) runs.set(run.id, run);
         nextCursor = data.runs.length === PAGE ? data.runs[data.runs.length - 1].id : null;
@@ -128,8 +160,10 @@ export function renderRuns(view, setLive) {
   }, 500);
 
   replace(view,
-    h("div", { class: "toolbar" }, h("h1", {}, "Runs"), h("span", { class: "grow" }),
-      jobSelect, statusSelect, triggerSelect),
+    h("div", { class: "toolbar" }, h("h1", {}, "Runs"), search, h("span", { class: "grow" }),
+      h("label", { class: "check", for: "show-children" }, children, "child runs"),
+      jobSelect, statusSelect, triggerSelect,
+      h("label", { class: "check", for: "since" }, "from", since), h("label", { class: "check", for: "until" }, "to", until)),
     error,
     h("div", { class: "panel" },
       h("table", { class: "grid", id: "runs" },
@@ -141,4 +175,12 @@ export function renderRuns(view, setLive) {
       h("div", { class: "toolbar" }, more)));
   render();
   return () => { clearInterval(ticker); if (stream) stream.close(); };
+}
+
+// An ISO time from the URL as a datetime-local input's value (local time, to the second).
+function localInput(iso) {
+  const ms = Date.parse(iso);
+  if (Number.isNaN(ms)) return "";
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 19);
 }

@@ -3,7 +3,7 @@
 
 import { ApiError, getJSON, postJSON, openStream } from "./api.js";
 import { h, json, replace, throttled } from "./dom.js";
-import { clock, duration, parseTime, runDuration, shownStatus, TERMINAL } from "./format.js";
+import { clock, dateTime, duration, parseTime, runDuration, shownStatus, TERMINAL } from "./format.js";
 import { badge, progressBar } from "./runs.js";
 
 // State events that end an attempt ("pending" after "running": handed back or rescued).
@@ -17,6 +17,9 @@ export function renderTrace(view, runId, setLive) {
   let rootId = null;
   let ended = false;
   let truncated = false;
+  // "why pending": fetched for the selected run when it changes state, and every few
+  // seconds while it is not finished (limits and workers change without run events)
+  let why = { key: null, at: 0, data: null };
 
   const tbody = h("tbody");
   const axis = h("div", { class: "axis" });
@@ -156,20 +159,29 @@ export function renderTrace(view, runId, setLive) {
     const logs = (events.get(run.id) || []).filter((e) => e.kind === "log");
     const history = (events.get(run.id) || []).filter((e) => e.kind !== "log" && e.kind !== "progress");
     const error = run.error;
+    refreshWhy(run, now);
     replace(details,
       h("div", { class: "title" }, h("h1", {}, run.job), h("span", { class: "muted" }, `#${run.id}`),
         badge(run), h("span", { class: "grow" }),
         active ? h("button", {
           class: "danger", dataset: { action: "cancel", runId: run.id },
           onclick: () => cancel(run.id, false),
-        }, "Cancel") : null),
+        }, "Cancel") : h("button", {
+          dataset: { action: "rerun", runId: run.id },
+          title: "a new run with the same arguments, linked to this one (trigger: retry)",
+          onclick: () => rerun(run.id),
+        }, "Run again")),
+      whyPanel(run),
       h("dl", {},
         h("dt", {}, "Queue"), h("dd", {}, run.queue),
         h("dt", {}, "Trigger"), h("dd", {}, run.trigger),
         h("dt", {}, "Attempt"), h("dd", {}, `${run.attempt} of ${run.max_attempts}`),
-        h("dt", {}, "Created"), h("dd", {}, clock(parseTime(run.created_at))),
+        h("dt", {}, "Created"), h("dd", {}, dateTime(parseTime(run.created_at))),
         h("dt", {}, "Started"), h("dd", {}, clock(parseTime(run.started_at)) || "—"),
         h("dt", {}, "Finished"), h("dd", {}, clock(parseTime(run.finished_at)) || "—"),
+        run.parent_run_id !== null ? [h("dt", {}, "Parent"), h("dd", {}, h("a", {
+          href: `#/runs/${run.parent_run_id}`, onclick: (e) => { e.preventDefault(); selected = run.parent_run_id; render(); },
+        }, `#${run.parent_run_id}`))] : null,
         h("dt", {}, "Duration"), h("dd", {}, duration(runDuration(run, now)) || "—"),
         run.worker_id ? [h("dt", {}, "Worker"), h("dd", { class: "mono" }, run.worker_id)] : null,
         run.progress !== null ? [h("dt", {}, "Progress"), h("dd", {}, progressBar(run), " ",
@@ -186,9 +198,48 @@ export function renderTrace(view, runId, setLive) {
           h("span", {}, clock(parseTime(e.at))), h("span", {}, e.data.level || ""),
           h("span", { class: "text" }, e.data.message ?? json(e.data))))) : h("div", { class: "muted" }, "No log lines.")),
       h("section", {}, h("h2", {}, "Events"),
-        h("div", { class: "logs" }, history.map((e) => h("div", {},
+        history.length ? h("div", { class: "logs events" }, history.map((e) => h("div", { dataset: { kind: e.kind } },
           h("span", {}, clock(parseTime(e.at))), h("span", {}, e.kind),
-          h("span", { class: "text" }, Object.keys(e.data).length ? JSON.stringify(e.data) : ""))))));
+          h("span", { class: "text" }, eventText(e.data))))) : h("div", { class: "muted" }, "No state change streamed yet.")));
+  }
+
+  function refreshWhy(run, now) {
+    const key = `${run.id}:${run.status}`;
+    if (TERMINAL.has(run.status) || (why.key === key && now - why.at < 3000)) return;
+    why = { key, at: now, data: why.data && why.data.run_id === run.id ? why.data : null };
+    getJSON(`api/runs/${run.id}/explain`).then((data) => {
+      if (why.key !== key) return;
+      why.data = data;
+      render();
+    }).catch(() => {});
+  }
+
+  function whyPanel(run) {
+    const data = why.data;
+    if (!data || data.run_id !== run.id || TERMINAL.has(run.status)) return null;
+    const title = run.status === "pending" ? "Why pending" : "Now";
+    return h("section", { class: "why", id: "why", dataset: { blocked: String(data.blocked) } },
+      h("h2", {}, title),
+      data.reasons.map((r) => h("div", { class: "reason", dataset: { code: r.code } },
+        h("span", { class: "code" }, r.code),
+        h("span", {}, r.message, holders(r.data.holders)))));
+  }
+
+  // The runs holding a full limit's slots, as links into their traces.
+  function holders(list) {
+    if (!Array.isArray(list) || !list.length) return null;
+    return h("div", { class: "holders" }, "held by ", list.slice(0, 10).map((x, i) => [i ? ", " : "",
+      h("a", { href: `#/runs/${x.run_id}` }, `#${x.run_id} ${x.job}`),
+      x.started_at ? h("span", { class: "muted" }, ` (running ${duration(Date.now() - parseTime(x.started_at))})`) : null]));
+  }
+
+  async function rerun(id) {
+    try {
+      const made = await postJSON(`api/runs/${id}/retry`, {});
+      location.hash = `#/runs/${made.id}`;
+    } catch (exc) {
+      replace(notice, h("div", { class: "error-box" }, exc instanceof ApiError ? exc.message : String(exc)));
+    }
   }
 
   async function cancel(id, cascade) {
@@ -238,4 +289,21 @@ export function renderTrace(view, runId, setLive) {
       details));
   replace(tbody, h("tr", {}, h("td", { colspan: 5, class: "empty" }, "Loading…")));
   return () => { clearInterval(ticker); stream.close(); };
+}
+
+// An event's data as "key: value" pairs people read: errors as "Type: message", times as
+// clock times, nested values as short JSON.
+export function eventText(data) {
+  const parts = [];
+  for (const [key, value] of Object.entries(data || {})) {
+    if (value === null || value === undefined || key === "traceback") continue;
+    let text;
+    if (value && typeof value === "object" && "type" in value && "message" in value) text = `${value.type}: ${value.message}`;
+    else if (typeof value === "string" && /^\d{4}-\d\d-\d\dT/.test(value)) text = clock(parseTime(value));
+    else if (typeof value === "object") text = JSON.stringify(value);
+    else text = String(value);
+    if (text.length > 160) text = `${text.slice(0, 159)}…`;
+    parts.push(h("span", { class: "kv" }, `${key.replace(/_/g, " ")} `, h("b", {}, text)), "  ");
+  }
+  return parts;
 }
