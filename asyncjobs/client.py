@@ -286,8 +286,8 @@ class Client:
         """Enqueue many runs of one job in one round trip (all validated first; by name
         without the job's code, against the stored schema).
 
-        With ``on_duplicate="raise"`` (the default) a dedup conflict writes nothing. A bad
-        item raises ``InvalidArguments`` naming its index, and nothing is written.
+        A bad item raises ``InvalidArguments`` naming its index, and nothing is written.
+        Several runs cannot share one ``dedup_id``.
         """
         handle = self._handle(job)
         if isinstance(handle, JobRef):

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Literal
 
-Returns = Literal["one", "many", "exec"]
-
+# The kind after the name (:one, :many, :exec) tells a reader what the query returns; the
+# backend picks fetch/fetchrow/execute itself, so the kind is not kept.
 _HEADER = re.compile(r"^-- name: (\w+) :(one|many|exec)\s*$", re.MULTILINE)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: A migration's header line naming the oldest code version that still works after it.
@@ -20,7 +19,6 @@ _COMPATIBLE = re.compile(r"^-- compatible-with-code: (\d+)\s*$", re.MULTILINE)
 @dataclass(frozen=True, slots=True)
 class Query:
     name: str
-    returns: Returns
     text: str
 
 
@@ -51,10 +49,10 @@ def parse_queries(source: str) -> MappingProxyType[str, Query]:
     for header, following in zip(headers, [*headers[1:], None], strict=True):
         end = following.start() if following else len(source)
         body = source[header.end() : end].strip()
-        name, returns = header.group(1), header.group(2)
+        name = header.group(1)
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = Query(name, returns, body)  # type: ignore[arg-type]
+        queries[name] = Query(name, body)
     return MappingProxyType(queries)
 
 

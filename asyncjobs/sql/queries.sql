@@ -1,7 +1,8 @@
 -- Named queries, loaded once into asyncjobs.sql.QUERIES. Each starts with
 -- `-- name: <name> :<returns>` (one, many, exec) and a description line.
 -- Every statement that changes a run writes its run_events rows in the same statement, and
--- sends at most one NOTIFY on channel `asyncjobs` (JSON payload; see asyncjobs/notify.py).
+-- sends at most one NOTIFY on channel `asyncjobs` (JSON payload; parsed by
+-- asyncjobs/backends/listener.py parse_notification).
 
 -- name: schema_installed :one
 -- Whether asyncjobs was ever installed in this database.
@@ -363,9 +364,6 @@ DELETE FROM asyncjobs.workers WHERE id = $1;
 
 -- name: get_run :one
 SELECT * FROM asyncjobs.runs WHERE id = $1;
-
--- name: get_runs_by_ids :many
-SELECT * FROM asyncjobs.runs WHERE id = ANY ($1::bigint[]);
 
 -- name: terminal_runs :many
 -- Which of these runs have finished (for run_async waiters).
