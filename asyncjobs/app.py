@@ -338,13 +338,15 @@ class App:
         return list(self.queues.values()), jobs
 
     def backend(self, dsn: str | Backend, **options: Any) -> Backend:
-        """A backend for a DSN (``postgresql://...`` or ``memory://``), or the one given."""
+        """A backend for a DSN (``postgresql://...``), or the one given."""
         if not isinstance(dsn, str):
             return dsn
         if dsn.startswith("memory://"):
-            from asyncjobs.backends.memory import MemoryBackend
-
-            return MemoryBackend()
+            # The in-memory backend was retired: PostgreSQL is the one definition of behaviour.
+            raise ConfigurationError(
+                "the memory:// backend was removed: use a PostgreSQL DSN; in tests, "
+                "asyncjobs.testing gives each test a throwaway database (README: Testing your jobs)"
+            )
         from asyncjobs.backends.postgres import PostgresBackend
 
         return PostgresBackend(dsn, **options)

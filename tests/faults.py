@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,12 +29,6 @@ from asyncjobs.embedded import EmbeddedPostgres
 ROOT = Path(__file__).resolve().parent.parent
 #: generous: other engineers' tests share the two cores
 WAIT = 20.0
-
-
-def embedded_server() -> Iterator[EmbeddedPostgres]:
-    """Body of a module-scoped fixture: one private server for the module."""
-    with EmbeddedPostgres() as pg:
-        yield pg
 
 
 async def new_database(pg: EmbeddedPostgres) -> str:

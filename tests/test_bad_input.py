@@ -1,8 +1,8 @@
 """Bad input gives a typed error and writes nothing.
 
-Every trigger case runs against PostgreSQL (the runs table is counted directly with asyncpg)
-and against the memory backend. The Postgres cases share one database per module: they must
-write nothing, and the row count before and after proves it.
+Every trigger case runs against PostgreSQL, counting the runs table directly with asyncpg. The
+cases share one database per module: they must write nothing, and the row count before and
+after proves it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from asyncjobs import (
     rules,
 )
 from asyncjobs.__main__ import main
-from asyncjobs.backends.base import Backend, RunFilter
-from asyncjobs.backends.memory import MemoryBackend
 from asyncjobs.client import Client
 from asyncjobs.codec import MAX_NESTING
 from asyncjobs.jobs import RunOptions
@@ -103,25 +101,17 @@ def nested(depth: int) -> Any:
 
 @dataclass
 class Target:
-    """Where a test triggers: the module's Postgres database, or a memory backend, with a
-    client open on it for the whole module (opening one per case would dominate the time)."""
+    """Where a test triggers: the module's database, with a client open on it for the whole
+    module (opening one per case would dominate the time)."""
 
-    connect: str | Backend
+    connect: str
     client: Client
     count_runs: Callable[[], Awaitable[int]]
 
 
-@pytest.fixture(scope="module", params=["postgres", "memory"])
-async def target(request: pytest.FixtureRequest, module_dsn: str) -> AsyncIterator[Target]:
-    connect = module_dsn if request.param == "postgres" else MemoryBackend()
-    async with app.client(connect) as client:
-        if isinstance(connect, MemoryBackend):
-
-            async def count_memory() -> int:
-                return len(await connect.get_runs(RunFilter(limit=10_000)))
-
-            yield Target(connect, client, count_memory)
-            return
+@pytest.fixture(scope="module")
+async def target(module_dsn: str) -> AsyncIterator[Target]:
+    async with app.client(module_dsn) as client:
         conn = await asyncpg.connect(module_dsn)
 
         async def count_rows() -> int:
@@ -129,7 +119,7 @@ async def target(request: pytest.FixtureRequest, module_dsn: str) -> AsyncIterat
             return count
 
         try:
-            yield Target(connect, client, count_rows)
+            yield Target(module_dsn, client, count_rows)
         finally:
             await conn.close()
 

@@ -1,8 +1,8 @@
-"""One behavioural suite, run against PostgreSQL and against the in-memory backend.
+"""The behavioural suite: the documented queue semantics, on a fresh PostgreSQL database per test.
 
-The ``target`` fixture is what ``app.client(...)`` / ``app.worker(...)`` are given: a DSN (each
-opens its own PostgresBackend) or one ``MemoryBackend`` shared by both. A test that passes on
-one backend and fails on the other is a bug in ``MemoryBackend`` or in the SQL.
+Most tests go through the public API (``app.client(dsn)`` / ``app.worker(dsn)``, each opening its
+own ``PostgresBackend``); the tests at the end call the backend directly where the public API
+cannot reach a state (limits at claim time, expired leases, notifications).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from asyncjobs import (
     Trigger,
 )
 from asyncjobs.backends.base import (
-    Backend,
     Completion,
     Enqueued,
     JobDefinition,
@@ -39,29 +38,14 @@ from asyncjobs.backends.base import (
     RunFilter,
     WorkerInfo,
 )
-from asyncjobs.backends.memory import MemoryBackend
 from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.client import Client
 
 pytestmark = pytest.mark.anyio
 
-Target = str | Backend
 #: quick polls and sweeps, so delayed and expired runs do not wait for the defaults
 FAST = {"poll_interval": 0.05, "sweep_interval": 0.2, "heartbeat_interval": 0.5, "lease": 10.0}
 WAIT = 20.0  # generous: other engineers' tests share the two cores
-
-
-@pytest.fixture(params=["postgres", "memory"])
-def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("dsn")
-        return dsn
-    return MemoryBackend()
-
-
-def backend_for(target: Target) -> Backend:
-    """A backend object for direct calls: a new PostgresBackend, or the shared memory one."""
-    return PostgresBackend(target) if isinstance(target, str) else target
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
@@ -92,13 +76,13 @@ class Receipt(pydantic.BaseModel):
 # ---------------------------------------------------------------------- triggering
 
 
-async def test_trigger_returns_handle_and_stores_the_run(target: Target) -> None:
+async def test_trigger_returns_handle_and_stores_the_run(dsn: str) -> None:
     app = App("t")
 
     @app.job(queue="mail", priority=3)
     async def send(to: str, copies: int = 1, tags: list[str] | None = None) -> None: ...
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         run = await client.trigger_async(send, "a@b.c", tags=["x"])
         assert (run.id, run.created, run.job) == (1, True, send)
         record = await client.get_run(run.id)
@@ -115,7 +99,7 @@ async def test_trigger_returns_handle_and_stores_the_run(target: Target) -> None
             await client.get_run(999)
 
 
-async def test_run_async_returns_typed_results(target: Target) -> None:
+async def test_run_async_returns_typed_results(dsn: str) -> None:
     app = App("t")
 
     @app.job
@@ -142,7 +126,7 @@ async def test_run_async_returns_typed_results(target: Target) -> None:
     async def nothing() -> None:
         return None
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         assert await client.run_async(number) == 42
         assert await client.run_async(text) == "ünïcode ✓"
         assert await client.run_async(listing) == [1, 2, 3]
@@ -157,7 +141,7 @@ async def test_run_async_returns_typed_results(target: Target) -> None:
         assert record.progress == 1.0 and record.finished_at is not None
 
 
-async def test_priority_first_then_age(target: Target) -> None:
+async def test_priority_first_then_age(dsn: str) -> None:
     app = App("t")
     order: list[str] = []
 
@@ -165,24 +149,24 @@ async def test_priority_first_then_age(target: Target) -> None:
     async def step(label: str) -> None:
         order.append(label)
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         runs = []
         for label, priority in [("a0", 0), ("b5", 5), ("c0", 0), ("d9", 9), ("e5", 5)]:
             runs.append(await client.trigger_async(step.options(priority=priority), label))
-        async with app.worker(target, concurrency=1, **FAST):
+        async with app.worker(dsn, concurrency=1, **FAST):
             for run in runs:
                 await run.result(WAIT)
     assert order == ["d9", "b5", "e5", "a0", "c0"]
 
 
-async def test_not_before_delays_a_run(target: Target) -> None:
+async def test_not_before_delays_a_run(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def tick(n: int) -> int:
         return n
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         delayed = await client.trigger_async(tick.options(not_before=timedelta(seconds=0.8)), 1)
         assert await client.run_async(tick, 2) == 2
         assert await delayed.result(WAIT) == 1
@@ -191,7 +175,7 @@ async def test_not_before_delays_a_run(target: Target) -> None:
         assert record.not_before > record.created_at
 
 
-async def test_not_after_in_the_past_expires_without_starting(target: Target) -> None:
+async def test_not_after_in_the_past_expires_without_starting(dsn: str) -> None:
     app = App("t")
     started: list[int] = []
 
@@ -199,7 +183,7 @@ async def test_not_after_in_the_past_expires_without_starting(target: Target) ->
     async def late(n: int) -> None:
         started.append(n)
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(late.options(not_after=timedelta(seconds=-1)), 1)
         with pytest.raises(RunExpired) as info:
             await run.result(WAIT)
@@ -211,7 +195,7 @@ async def test_not_after_in_the_past_expires_without_starting(target: Target) ->
     assert started == []
 
 
-async def test_dedup_conflict_return_and_release(target: Target) -> None:
+async def test_dedup_conflict_return_and_release(dsn: str) -> None:
     app = App("t")
 
     @app.job
@@ -223,7 +207,7 @@ async def test_dedup_conflict_return_and_release(target: Target) -> None:
         return order
 
     keyed = charge.options(dedup_id="order-7")
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         first = await client.trigger_async(keyed, 7)
         with pytest.raises(DuplicateRun) as info:
             await client.trigger_async(keyed, 8)
@@ -233,21 +217,21 @@ async def test_dedup_conflict_return_and_release(target: Target) -> None:
         other = await client.trigger_async(refund.options(dedup_id="order-7"), 7)
         assert other.created  # the key is per job
         assert len((await client.get_runs(job="charge")).runs) == 1
-        async with app.worker(target, **FAST):
+        async with app.worker(dsn, **FAST):
             assert await first.result(WAIT) == 7
             fresh = await client.trigger_async(keyed, 10)
             assert fresh.created and fresh.id not in (first.id, other.id)
             assert await fresh.result(WAIT) == 10
 
 
-async def test_trigger_many_and_strict_dedup_writes_nothing(target: Target) -> None:
+async def test_trigger_many_and_strict_dedup_writes_nothing(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def square(n: int) -> int:
         return n * n
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         runs = await client.trigger_many(square, [{"n": n} for n in range(40)])
         ids = [run.id for run in runs]
         assert ids == sorted(ids) and len(set(ids)) == 40 and all(r.created for r in runs)
@@ -269,20 +253,20 @@ async def test_trigger_many_and_strict_dedup_writes_nothing(target: Target) -> N
 
         result = await backend.enqueue(batch)
         assert result[1] == Enqueued(holder.id, False) and result[0].created
-        async with app.worker(target, **FAST):
+        async with app.worker(dsn, **FAST):
             assert [await run.result(WAIT) for run in runs[:3]] == [0, 1, 4]
 
 
 # ---------------------------------------------------------------------- cancelling
 
 
-async def test_cancel_pending_run(target: Target) -> None:
+async def test_cancel_pending_run(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def idle() -> None: ...
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         run = await client.trigger_async(idle)
         assert await client.cancel(run.id) == [(run.id, RunStatus.CANCELLED)]
         record = await run.get()
@@ -295,7 +279,7 @@ async def test_cancel_pending_run(target: Target) -> None:
             await client.cancel(12345)
 
 
-async def test_cancel_running_run_cancels_its_task(target: Target) -> None:
+async def test_cancel_running_run_cancels_its_task(dsn: str) -> None:
     app = App("t")
     started, stopped = asyncio.Event(), asyncio.Event()
 
@@ -308,7 +292,7 @@ async def test_cancel_running_run_cancels_its_task(target: Target) -> None:
             stopped.set()
             raise
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(forever)
         await asyncio.wait_for(started.wait(), WAIT)
         assert await client.cancel(run.id) == [(run.id, RunStatus.RUNNING)]
@@ -325,7 +309,7 @@ async def test_cancel_running_run_cancels_its_task(target: Target) -> None:
         ]
 
 
-async def test_cancel_cascade_reaches_every_descendant(target: Target) -> None:
+async def test_cancel_cascade_reaches_every_descendant(dsn: str) -> None:
     app = App("t")
     leaf_started = asyncio.Event()
 
@@ -343,7 +327,7 @@ async def test_cancel_cascade_reaches_every_descendant(target: Target) -> None:
     async def top() -> None:
         await middle.run_async()
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(top)
         await asyncio.wait_for(leaf_started.wait(), WAIT)
         tree = (await client.get_runs(root_run_id=run.id)).runs
@@ -361,13 +345,13 @@ async def test_cancel_cascade_reaches_every_descendant(target: Target) -> None:
             await status_is(client, record.id, RunStatus.CANCELLED)
 
 
-async def test_cancel_without_cascade_leaves_children(target: Target) -> None:
+async def test_cancel_without_cascade_leaves_children(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def node() -> None: ...
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         backend = client.backend
         root = await client.trigger_async(node)
         (child,) = await backend.enqueue(
@@ -388,7 +372,7 @@ async def test_cancel_without_cascade_leaves_children(target: Target) -> None:
 # ---------------------------------------------------------------------- reading
 
 
-async def test_get_runs_filters_and_paging(target: Target) -> None:
+async def test_get_runs_filters_and_paging(dsn: str) -> None:
     app = App("t")
 
     @app.job
@@ -397,7 +381,7 @@ async def test_get_runs_filters_and_paging(target: Target) -> None:
     @app.job
     async def beta() -> None: ...
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         a = [(await client.trigger_async(alpha)).id for _ in range(3)]
         b = [(await client.trigger_async(beta)).id for _ in range(2)]
         kids = await client.backend.enqueue(
@@ -433,7 +417,7 @@ async def test_get_runs_filters_and_paging(target: Target) -> None:
             await client.get_runs(status="nonsense")
 
 
-async def test_parent_child_root_ids_three_levels_deep(target: Target) -> None:
+async def test_parent_child_root_ids_three_levels_deep(dsn: str) -> None:
     app = App("t")
 
     @app.job
@@ -449,7 +433,7 @@ async def test_parent_child_root_ids_three_levels_deep(target: Target) -> None:
         assert ctx.run_id == ctx.root_run_id
         return await child.run_async(n)
 
-    async with app.worker(target, concurrency=1, **FAST), app.client(target) as client:
+    async with app.worker(dsn, concurrency=1, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(root, 4)
         assert await run.result(WAIT) == 41
         runs = {r.job: r for r in (await client.get_runs(root_run_id=run.id)).runs}
@@ -464,14 +448,14 @@ async def test_parent_child_root_ids_three_levels_deep(target: Target) -> None:
 # ---------------------------------------------------------------------- failures
 
 
-async def test_failing_job_raises_run_failed(target: Target) -> None:
+async def test_failing_job_raises_run_failed(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def explode(order: int) -> None:
         raise ValueError(f"bad order {order}")
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(explode, 7)
         with pytest.raises(RunFailed) as info:
             await run.result(WAIT)
@@ -489,7 +473,7 @@ async def test_failing_job_raises_run_failed(target: Target) -> None:
         assert await kinds(client, run.id) == ["pending", "running", "failed"]
 
 
-async def test_retries_keep_every_error(target: Target) -> None:
+async def test_retries_keep_every_error(dsn: str) -> None:
     app = App("t")
 
     @app.job(retries=2, backoff_base=0.01)
@@ -502,7 +486,7 @@ async def test_retries_keep_every_error(target: Target) -> None:
     async def hopeless() -> None:
         raise RuntimeError("never")
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         run = await client.trigger_async(flaky)
         assert await run.result(WAIT) == 3
         record = await run.get()
@@ -530,14 +514,14 @@ async def test_retries_keep_every_error(target: Target) -> None:
         assert (failed.attempt, len(failed.errors)) == (2, 2)
 
 
-async def test_job_timeout_fails_the_run(target: Target) -> None:
+async def test_job_timeout_fails_the_run(dsn: str) -> None:
     app = App("t")
 
     @app.job(timeout=0.2)
     async def slow() -> None:
         await asyncio.sleep(60)
 
-    async with app.worker(target, **FAST), app.client(target) as client:
+    async with app.worker(dsn, **FAST), app.client(dsn) as client:
         with pytest.raises(RunFailed) as info:
             await client.run_async(slow)
     assert info.value.error_type == "asyncjobs.errors.JobTimeout"
@@ -547,14 +531,14 @@ async def test_job_timeout_fails_the_run(target: Target) -> None:
 # ---------------------------------------------------------------------- worker writes
 
 
-async def test_completions_are_fenced(target: Target) -> None:
+async def test_completions_are_fenced(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def work(n: int) -> int:
         return n
 
-    async with app.client(target) as client:
+    async with app.client(dsn) as client:
         backend = client.backend
         run = await client.trigger_async(work, 1)
         (claimed,) = await backend.claim("w1", ["default"], ["work"], 5, 30.0)
@@ -577,7 +561,7 @@ async def test_completions_are_fenced(target: Target) -> None:
         assert (await client.get_run(run.id)).status is RunStatus.SUCCEEDED
 
 
-async def test_progress_and_log_events(target: Target) -> None:
+async def test_progress_and_log_events(dsn: str) -> None:
     app = App("t")
 
     @app.job
@@ -586,7 +570,7 @@ async def test_progress_and_log_events(target: Target) -> None:
         await ctx.progress(0.5, "half way")
         await ctx.log("hello", level="warning", order=7)
 
-    async with app.worker(target, **FAST) as worker, app.client(target) as client:
+    async with app.worker(dsn, **FAST) as worker, app.client(dsn) as client:
         run = await client.trigger_async(report)
         await run.result(WAIT)
         events = await client.get_events(run.id)
@@ -614,8 +598,8 @@ async def test_progress_and_log_events(target: Target) -> None:
 # ---------------------------------------------------------------------- backend level
 
 
-async def test_claim_honours_limits_and_disabled_jobs_and_queues(target: Target) -> None:
-    backend = backend_for(target)
+async def test_claim_honours_limits_and_disabled_jobs_and_queues(dsn: str) -> None:
+    backend = PostgresBackend(dsn)
     await backend.open()
     try:
         await backend.register_definitions(
@@ -657,8 +641,8 @@ async def test_claim_honours_limits_and_disabled_jobs_and_queues(target: Target)
         await backend.close()
 
 
-async def test_sweep_rescues_expired_leases_and_dead_workers(target: Target) -> None:
-    backend = backend_for(target)
+async def test_sweep_rescues_expired_leases_and_dead_workers(dsn: str) -> None:
+    backend = PostgresBackend(dsn)
     await backend.open()
     try:
         await backend.register_worker(WorkerInfo("w", "host", 1, ("default",), ("j",), 2))
@@ -704,8 +688,8 @@ async def test_sweep_rescues_expired_leases_and_dead_workers(target: Target) -> 
         await backend.close()
 
 
-async def test_notifications_carry_what_waiters_and_workers_need(target: Target) -> None:
-    backend = backend_for(target)
+async def test_notifications_carry_what_waiters_and_workers_need(dsn: str) -> None:
+    backend = PostgresBackend(dsn)
     await backend.open()
     await backend.register_definitions([], [JobDefinition("j", "q", 1, {})])
     received: list[Notification] = []
@@ -716,8 +700,7 @@ async def test_notifications_carry_what_waiters_and_workers_need(target: Target)
 
     backend.add_listener(listener)
     try:
-        if isinstance(backend, PostgresBackend):
-            await asyncio.wait_for(backend._listener.connected.wait(), WAIT)
+        await asyncio.wait_for(backend._listener.connected.wait(), WAIT)
 
         async def arrived(count: int) -> list[Notification]:
             async def check() -> bool:
@@ -742,14 +725,14 @@ async def test_notifications_carry_what_waiters_and_workers_need(target: Target)
         await backend.close()
 
 
-async def test_one_backend_shared_by_client_and_worker(target: Target) -> None:
+async def test_one_backend_shared_by_client_and_worker(dsn: str) -> None:
     app = App("t")
 
     @app.job
     async def double(n: int) -> int:
         return 2 * n
 
-    backend = backend_for(target)
+    backend = PostgresBackend(dsn)
     async with app.worker(backend, **FAST), app.client(backend) as client:
         assert await client.run_async(double, 21) == 42
     with pytest.raises(RuntimeError, match="not open"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterator
 
 import anyio
 import asyncpg
@@ -23,7 +22,7 @@ from asyncjobs.backends.listener import APPLICATION_NAME
 from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.client import Client
 from asyncjobs.embedded import EmbeddedPostgres
-from tests.faults import FlakyProxy, db_now, embedded_server, eventually, new_database
+from tests.faults import FlakyProxy, db_now, eventually, new_database
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -34,11 +33,6 @@ app = App("dbfaults")
 async def step(n: int, ms: int) -> int:
     await asyncio.sleep(ms / 1000)
     return n
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedPostgres]:
-    yield from embedded_server()
 
 
 def _worker(dsn: str, poll_interval: float = 0.2) -> Worker:

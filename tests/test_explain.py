@@ -1,6 +1,6 @@
 """``Client.explain``: each reason a run can wait for, and the state of running and finished
 runs. The states are set up through the backend directly (a claim by a named worker, a
-completion, a switch), so nothing depends on timing; PostgreSQL and memory alike."""
+completion, a switch), so nothing depends on timing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from asyncjobs import App, Explanation, ReasonCode, RunNotFound, RunStatus, Trigger
 from asyncjobs.backends.base import Backend, Completion, NewRun, ScheduleFire, WorkerInfo
-from asyncjobs.backends.memory import MemoryBackend
 from asyncjobs.client import Client
 
 pytestmark = pytest.mark.anyio
@@ -38,18 +37,10 @@ def make_app() -> App:
     return app
 
 
-@pytest.fixture(params=["postgres", "memory"])
-def target(request: pytest.FixtureRequest) -> str | Backend:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("dsn")
-        return dsn
-    return MemoryBackend()
-
-
 @pytest.fixture
-async def client(target: str | Backend) -> AsyncIterator[Client]:
+async def client(dsn: str) -> AsyncIterator[Client]:
     app = make_app()
-    async with app.client(target) as opened:
+    async with app.client(dsn) as opened:
         await opened.backend.register_definitions(*app.definitions())
         yield opened
 

@@ -23,16 +23,6 @@ INSERT_EVENT = """
 """
 
 
-@pytest.fixture
-async def backend(dsn: str) -> AsyncIterator[PostgresBackend]:
-    backend = PostgresBackend(dsn)
-    await backend.open()
-    try:
-        yield backend
-    finally:
-        await backend.close()
-
-
 async def _read_until(
     backend: PostgresBackend, after: EventCursor, count: int, grace: float = 5.0
 ) -> list[tuple[int, str]]:
@@ -159,11 +149,9 @@ async def _collect(updates: AsyncIterator[TraceUpdate]) -> list[TraceUpdate]:
     return collected
 
 
-@pytest.mark.parametrize("kind", ["postgres", "memory"])
-async def test_watch_streams_a_tree_once_in_order_and_ends(dsn: str, kind: str) -> None:
+async def test_watch_streams_a_tree_once_in_order_and_ends(dsn: str) -> None:
     app = _tree_app()
-    target = dsn if kind == "postgres" else "memory://"
-    backend = app.backend(target)
+    backend = app.backend(dsn)
     async with app.client(backend) as client:
         run = await client.trigger_async("root")
         watching = asyncio.ensure_future(

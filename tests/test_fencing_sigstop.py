@@ -15,7 +15,7 @@ Either way B's attempt 2 completes and its result is the one stored.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from asyncjobs.embedded import EmbeddedPostgres
 from tests.fault_apps import proc_app, stall
 from tests.faults import (
     WorkerProcess,
-    embedded_server,
     eventually,
     new_database,
     registered,
@@ -41,11 +40,6 @@ OPTIONS = (
     "--concurrency", "1", "--lease", str(LEASE), "--heartbeat-interval", "0.3",
     "--sweep-interval", "0.3", "--poll-interval", "0.1", "--drain-timeout", "5",
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedPostgres]:
-    yield from embedded_server()
 
 
 @dataclass

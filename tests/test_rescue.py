@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +17,7 @@ from asyncjobs.embedded import EmbeddedPostgres
 from asyncjobs.jobs import Job
 from asyncjobs.worker import Worker
 from tests.fault_apps import fragile_nap, nap, proc_app, stall
-from tests.faults import db_now, embedded_server, eventually, new_database, start_worker
+from tests.faults import db_now, eventually, new_database, start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -27,21 +26,6 @@ HEARTBEAT = 0.3
 SWEEP = 0.3
 #: a live sweeper is late by at most a query and a scheduling delay
 MARGIN = 0.5
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedPostgres]:
-    yield from embedded_server()
-
-
-@pytest.fixture
-async def backend(dsn: str) -> AsyncIterator[PostgresBackend]:
-    opened = PostgresBackend(dsn)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.mark.parametrize(

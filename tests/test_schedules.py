@@ -1,8 +1,8 @@
 """Schedules stored in the database: deploys, misfire policies, exactly-once firing, all_nodes.
 
 Most tests drive ``Scheduler.tick(now=...)`` by hand with chosen moments (no waiting for the
-wall clock); they run against PostgreSQL and the in-memory backend alike. The fleet test at
-the end runs four real worker processes on a per-second schedule.
+wall clock), each on a fresh database. The fleet test at the end runs four real worker
+processes on a per-second schedule.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +24,6 @@ import pytest
 
 from asyncjobs import App, RunStatus, Trigger
 from asyncjobs.backends.base import Backend, ScheduleFire
-from asyncjobs.backends.memory import MemoryBackend
 from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.runs import RunRecord
 from asyncjobs.scheduler import Scheduler
@@ -36,24 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MINUTE = timedelta(minutes=1)
 SECOND = timedelta(seconds=1)
 WAIT = 30.0
-
-
-@pytest.fixture(params=["postgres", "memory"])
-def target(request: pytest.FixtureRequest) -> str | Backend:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("dsn")
-        return dsn
-    return MemoryBackend()
-
-
-@pytest.fixture
-async def backend(target: str | Backend) -> AsyncIterator[Backend]:
-    opened = PostgresBackend(target) if isinstance(target, str) else target
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def deploy(app: App, backend: Backend, worker_id: str = "w1") -> Scheduler:
@@ -272,11 +253,6 @@ async def test_a_disabled_schedule_restarts_without_catching_up(backend: Backend
 
 async def rewind(backend: Backend, name: str, by: timedelta) -> None:
     """Move a stored schedule's timing back, as if it was stored (and fired) ``by`` earlier."""
-    if isinstance(backend, MemoryBackend):
-        row = backend._tables.schedules[name]
-        assert row.next_fire_at is not None
-        row.anchor_at, row.next_fire_at = row.anchor_at - by, row.next_fire_at - by
-        return
     assert isinstance(backend, PostgresBackend)
     await backend.pool.execute(
         "UPDATE asyncjobs.schedules SET anchor_at = anchor_at - $2::interval,"

@@ -1,13 +1,14 @@
 """The storage contract, at the level of queue operations.
 
-``PostgresBackend`` is the real one; ``MemoryBackend`` implements the same contract in
-process for users' own unit tests. One behavioural test suite runs against both.
+``PostgresBackend`` implements it; PostgreSQL is the one definition of queue behaviour (users'
+own tests run on a throwaway real database, see ``asyncjobs.testing``). The protocol lets the
+client, worker and dashboard share one backend object and lets tests wrap one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
@@ -173,7 +174,7 @@ class RunFilter:
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One wake-up from the database (or the memory backend)."""
+    """One wake-up from the database (a NOTIFY, or the listener's reconnect)."""
 
     #: queues that received runs ready to claim
     queues: frozenset[str] = frozenset()
@@ -191,7 +192,6 @@ class Notification:
     events: bool = False
     #: the listener reconnected: anything may have been missed, catch up by polling
     reconnected: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Listener = Callable[[Notification], None]
