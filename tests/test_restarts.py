@@ -8,7 +8,6 @@ tests/test_rescue.py times single rescues; tests/test_shutdown.py covers hand-ba
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -35,16 +34,6 @@ async def always_fails(ctx: Context) -> None:
 @app.job(max_restarts=3, every=timedelta(milliseconds=200))
 async def ticking() -> None:
     return None
-
-
-@pytest.fixture
-async def backend(dsn: str) -> AsyncIterator[PostgresBackend]:
-    opened = PostgresBackend(dsn)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _crash(conn: asyncpg.Connection, run_id: int) -> None:
