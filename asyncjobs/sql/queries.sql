@@ -3,6 +3,15 @@
 -- Every statement that changes a run writes its run_events rows in the same statement, and
 -- sends at most one NOTIFY on channel `asyncjobs` (JSON payload; parsed by
 -- asyncjobs/backends/listener.py parse_notification).
+--
+-- Statements that address runs by id reach them through runs_pkey, whatever the statistics
+-- say (tests/test_plans.py checks it on 1M runs with stale statistics). They never write
+-- `status = 'running'` in a join: that lets the planner walk the partial index
+-- runs_running_idx and test every running row against the whole batch, which it does when
+-- the statistics say (wrongly, e.g. after a bulk load) that hardly any run is running --
+-- 671 ms for a heartbeat of 100 ids at 28k running. "Owned by worker $1" is instead
+-- `worker_id = $1 AND lease_expires_at IS NOT NULL`, which the CHECK runs_running_has_lease
+-- makes equivalent to "running and owned by $1" and which no index can serve.
 
 -- name: schema_installed :one
 -- Whether asyncjobs was ever installed in this database.
@@ -156,7 +165,8 @@ done AS (
            progress = CASE WHEN i.status = 'succeeded' AND i.retry_in IS NULL AND NOT i.handback
                            THEN 1 ELSE r.progress END
       FROM input i
-     WHERE r.id = i.id AND r.attempt = i.attempt AND r.worker_id = $1 AND r.status = 'running'
+     WHERE r.id = ANY ($2::bigint[]) AND r.id = i.id AND r.attempt = i.attempt
+       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
     RETURNING r.id, r.root_run_id, r.status, r.attempt, r.not_before, r.queue, r.job, i.error,
               i.retry_in
 ),
@@ -195,7 +205,8 @@ extended AS (
     UPDATE asyncjobs.runs r
        SET lease_expires_at = now() + $4::interval
       FROM unnest($2::bigint[], $3::integer[]) AS u(id, attempt)
-     WHERE r.id = u.id AND r.attempt = u.attempt AND r.worker_id = $1 AND r.status = 'running'
+     WHERE r.id = ANY ($2::bigint[]) AND r.id = u.id AND r.attempt = u.attempt
+       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
     RETURNING r.id, r.cancel_requested
 )
 SELECT (SELECT count(*) FROM alive) > 0 AS registered,
@@ -331,7 +342,8 @@ WITH input AS (
 owned AS (
     SELECT i.*, r.root_run_id FROM input i
       JOIN asyncjobs.runs r ON r.id = i.run_id AND r.attempt = i.attempt AND r.worker_id = $1
-                            AND r.status = 'running'
+                            AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
+     WHERE r.id = ANY ($2::bigint[])
 ),
 progressed AS (
     UPDATE asyncjobs.runs r
@@ -340,8 +352,8 @@ progressed AS (
       FROM (SELECT DISTINCT ON (run_id) run_id, attempt, data FROM owned
              WHERE kind = 'progress' ORDER BY run_id, ord DESC) p
      -- re-checked after the row lock: a completion that won the race keeps its progress
-     WHERE r.id = p.run_id AND r.attempt = p.attempt AND r.worker_id = $1
-       AND r.status = 'running'
+     WHERE r.id = ANY ($2::bigint[]) AND r.id = p.run_id AND r.attempt = p.attempt
+       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL
 ),
 inserted AS (
     INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
