@@ -3,7 +3,9 @@
 Tasks of one worker (all in one asyncio task group):
 
 * claim loop — claims up to the free local capacity in one round trip, then sleeps until a
-  NOTIFY for one of its queues, a freed slot, or ``poll_interval``;
+  NOTIFY for one of its queues, a freed slot, or ``poll_interval``. Capacity counts runs
+  whose completion is not stored yet (see ``Worker._room``): while completions are slow or
+  failing the worker stops claiming instead of piling up runs it cannot finish;
 * one task per run — validates the stored arguments again, runs the job under its timeout,
   encodes the result and hands a ``Completion`` to the completion batcher;
 * completion and event batchers — flush naturally batched, fenced writes;
@@ -119,6 +121,10 @@ class WorkerStats:
     unstorable_completions: int = 0
     #: events the database refused even alone, stored escaped or as an error log line
     unstorable_events: int = 0
+    #: the most runs held at once (executing, or finished with the completion not yet stored)
+    held_peak: int = 0
+    #: claims skipped because the completion backlog was full
+    throttled: int = 0
     by_job: dict[str, int] = field(default_factory=dict)
 
 
@@ -150,6 +156,14 @@ class Worker:
     ``metrics_port`` serves this worker's Prometheus metrics (asyncjobs.metrics; needs the
     ``[metrics]`` extra) on ``metrics_host`` (127.0.0.1 by default); 0 picks a free port,
     see ``metrics_url``. Without it no metrics are kept.
+
+    Backpressure: ``completion_backlog`` (default: ``concurrency``) is how many finished runs
+    may wait for their completion to be stored while the worker claims new ones. Runs
+    executing plus completions not yet stored never exceed ``concurrency +
+    completion_backlog``, so a worker whose completions are slow or failing stops claiming
+    (``stats.throttled``) rather than holding runs it cannot finish within their leases; the
+    heartbeat carries exactly those runs. ``held`` is the current count, ``stats.held_peak``
+    the highest. (A job waiting on a child gives its slot back, so its run is held on top.)
     """
 
     def __init__(
@@ -173,10 +187,13 @@ class Worker:
         retention_interval: float = RETENTION_INTERVAL,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        completion_backlog: int | None = None,
         **backend_options: Any,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if completion_backlog is not None and completion_backlog < 1:
+            raise ConfigurationError("completion_backlog must be at least 1")
         if not 0 < heartbeat_interval < lease:
             raise ConfigurationError("heartbeat_interval must be positive and below the lease")
         if not (sweep_interval > 0 and poll_interval > 0 and drain_timeout >= 0):
@@ -196,6 +213,7 @@ class Worker:
             backend_options["migrate"] = True
         self.backend = app.backend(dsn, **backend_options)
         self.concurrency = concurrency
+        self.completion_backlog = concurrency if completion_backlog is None else completion_backlog
         self.queues = sorted(queues or {j.queue for j in app.jobs.values()} | {"default"})
         unknown = set(self.queues) - set(app.queues)
         if unknown:
@@ -221,6 +239,8 @@ class Worker:
         self._running: dict[int, _Execution] = {}
         #: run id → attempt of completions queued but not yet written (their leases are kept)
         self._finishing: dict[int, int] = {}
+        #: the claim loop waits for completions to be stored (wake it when one is)
+        self._throttled = False
         #: an outage is going on (a loop could not reach the database, no heartbeat since)
         self._outage = False
         #: loop time before which this worker does not sweep (see ``_sweep_loop``)
@@ -437,11 +457,30 @@ class Worker:
 
     # ------------------------------------------------------------------ claiming
 
+    @property
+    def held(self) -> int:
+        """Runs this worker holds: executing (or waiting on a child), or finished with the
+        completion not yet stored. The heartbeat extends the leases of exactly these."""
+        return len(self._running) + len(self._finishing)
+
+    def _room(self) -> int:
+        """How many runs the next claim may take: the free slots, but never more than would
+        put the runs executing plus the completions not yet stored past ``concurrency +
+        completion_backlog``. A slot frees when its job returns, its completion is stored
+        later: without this bound a worker whose completions are slow keeps claiming, and
+        every run it adds makes its heartbeat and its completions slower still."""
+        executing = self._slots.capacity - self._slots.free
+        backlog_room = self.concurrency + self.completion_backlog - executing
+        return min(self._slots.free, backlog_room - len(self._finishing))
+
     async def _claim_loop(self) -> None:
         trouble = _Trouble(f"worker {self.id}: claiming")
         while not self._stopping.is_set():
-            free = self._slots.free
+            free = self._room()
             if free <= 0:
+                if self._slots.free > 0:  # slots free, but completions are not stored yet
+                    self._throttled = True
+                    self.stats.throttled += 1
                 await self._sleep(None)
                 continue
             self._wake.clear()
@@ -498,6 +537,7 @@ class Worker:
         self.stats.claimed += 1
         execution = _Execution(record)
         self._running[record.id] = execution
+        self.stats.held_peak = max(self.stats.held_peak, self.held)
         execution.task = asyncio.create_task(self._execute(execution), name=f"run-{record.id}")
 
     def _cancel(self, execution: _Execution, reason: StopReason) -> None:
@@ -536,12 +576,16 @@ class Worker:
         a slow flush (database outage) cannot get a finished run rescued and run again."""
         run_id, attempt = completion.run_id, completion.attempt
         self._finishing[run_id] = attempt
+        self.stats.held_peak = max(self.stats.held_peak, self.held)
 
         def flushed(future: asyncio.Future[None]) -> None:
             if not future.cancelled():
                 future.exception()  # retrieved: the batcher has logged it already
             if self._finishing.get(run_id) == attempt:
                 del self._finishing[run_id]
+            if self._throttled:  # the claim loop waits for room in the backlog
+                self._throttled = False
+                self._wake.set()
 
         self._completions.add(completion).add_done_callback(flushed)
 
