@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: One query per kind of object in the asyncjobs schema; each returns comparable rows.
 CATALOG_QUERIES = {
     "relations": """
-        SELECT relname, relkind, relpersistence FROM pg_class
+        SELECT relname, relkind, relpersistence, reloptions FROM pg_class
          WHERE relnamespace = 'asyncjobs'::regnamespace""",
     # position among live columns (not attnum, which keeps gaps of dropped columns); a new
     # column must be appended to schema.sql with ALTER TABLE, as the migration does
