@@ -97,7 +97,9 @@ async def _set_running(dsn: str, count: int) -> None:
         )
         # the batch belongs to w1 (the ids end in 1, so id % 4 = 1 already; made explicit)
         await conn.execute(
-            "UPDATE asyncjobs.runs SET worker_id = 'w1' WHERE id = ANY ($1::bigint[])", BATCH
+            "UPDATE asyncjobs.runs SET worker_id = 'w1' WHERE id = ANY ($1::bigint[])"
+            " AND worker_id <> 'w1'",
+            BATCH,
         )
     finally:
         await conn.close()
@@ -129,7 +131,7 @@ async def _explain(
 ) -> dict[str, Any]:
     """The statement's plan (executed too with ``analyze``, then rolled back)."""
     await conn.execute(f"SET plan_cache_mode = {mode}")
-    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    options = "ANALYZE, BUFFERS, FORMAT JSON" if analyze else "FORMAT JSON"
     transaction = conn.transaction()
     await transaction.start()
     try:
@@ -153,13 +155,27 @@ def _runs_access(plan: dict[str, Any]) -> tuple[set[str], list[str]]:
     return indexes, seq_scans
 
 
-async def _fastest(conn: asyncpg.Connection, name: str, mode: str, tries: int = 5) -> float:
-    """Best execution time (ms) of several: the machine is shared, the minimum is stable."""
-    times = []
+def _runs_pages(plan: dict[str, Any]) -> int:
+    """Pages of runs and its indexes the scans of runs touched."""
+    return sum(
+        node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+        for node in _nodes(plan["Plan"])
+        if "Scan" in node["Node Type"]
+        and (node.get("Relation Name") == "runs" or node.get("Index Name", "").startswith("runs_"))
+    )
+
+
+async def _measure(
+    conn: asyncpg.Connection, name: str, mode: str, tries: int = 5
+) -> tuple[float, int]:
+    """Best execution time (ms) of several (the machine is shared: the minimum is the stable
+    figure) and the fewest pages of runs touched."""
+    times, pages = [], []
     for _ in range(tries):
         plan = await _explain(conn, name, mode, analyze=True)
         times.append(float(plan["Execution Time"]))
-    return min(times)
+        pages.append(_runs_pages(plan))
+    return min(times), min(pages)
 
 
 @pytest.mark.parametrize("mode", PLAN_MODES)
@@ -204,12 +220,17 @@ async def test_cost_does_not_grow_with_running_runs(
     big_dsn: str, conn: asyncpg.Connection, mode: str
 ) -> None:
     """100 ids at 1,000 running vs at 50,000 running (statistics stale in both): a per-id
-    primary-key lookup costs the same; a scan of the running runs costs 50 times more."""
+    primary-key lookup costs the same; a scan of the running runs costs 50 times more.
+
+    Pages touched are the exact measure; time is measured too, with a bound generous enough
+    for a 2-core machine under a load average of 40 (main at 54fc275: 1.2 ms at 1k, 8 ms at
+    50k for the heartbeat on a quiet machine, and 10x the pages)."""
     fenced = ["heartbeat", "complete_runs", "add_events"]
     await _set_running(big_dsn, 1_000)
-    few = {name: await _fastest(conn, name, mode) for name in fenced}
+    few = {name: await _measure(conn, name, mode) for name in fenced}
     await _set_running(big_dsn, 50_000)
-    many = {name: await _fastest(conn, name, mode) for name in fenced}
+    many = {name: await _measure(conn, name, mode) for name in fenced}
     for name in fenced:
-        # generous: a loaded 2-core machine; main took 7-16 ms at 50k against < 1 ms at 1k
-        assert many[name] < 3 * few[name] + 3.0, (name, mode, few[name], many[name])
+        (few_ms, few_pages), (many_ms, many_pages) = few[name], many[name]
+        assert many_pages <= 1.2 * few_pages + 20, (name, mode, few[name], many[name])
+        assert many_ms < 5 * few_ms + 20.0, (name, mode, few[name], many[name])
