@@ -47,7 +47,7 @@ def _args(name: str) -> tuple[Any, ...]:
                 [False] * n)
     if name == "add_events":
         return ("w1", BATCH, attempts, ["progress"] * n, ['{"progress": 0.5}'] * n)
-    if name in ("terminal_runs", "get_runs_by_ids", "get_runs_by_ids_versioned"):
+    if name in ("terminal_runs", "get_runs_by_ids_versioned"):
         return (BATCH,)
     if name == "cancel_runs":
         return (BATCH[0], True)
@@ -57,7 +57,7 @@ def _args(name: str) -> tuple[Any, ...]:
 
 
 STATEMENTS = ["heartbeat", "complete_runs", "add_events", "cancel_runs", "terminal_runs",
-              "get_runs_by_ids", "get_runs_by_ids_versioned", "get_run"]
+              "get_runs_by_ids_versioned", "get_run"]
 
 
 async def _build(dsn: str) -> None:
