@@ -6,7 +6,7 @@ two worker processes at concurrency 100 work them off. On main at 54fc275 this c
 way the issue describes: completions and heartbeats walked every running row, the workers
 kept claiming while their completions lagged, and after 120 s 15,000 runs had failed with
 LeaseExpired and 31,100 were still waiting (measured with one worker; see
-benchmarks/README.md). Here it takes 10-20 s on a loaded 2-core machine.
+benchmarks/README.md). Here it takes 20-45 s on this 2-core machine at load averages 7-37.
 """
 
 from __future__ import annotations
