@@ -2,6 +2,9 @@
 
 Typed jobs, cluster-wide concurrency limits, fenced completions, trace trees of child runs.
 ``__all__`` is the public API; everything else may change without notice.
+
+Importing the package wires ``App`` to what is built from it (``asyncjobs.wiring``, the
+composition root, explains the layers of the import graph).
 """
 
 from asyncjobs.app import App as App
@@ -54,6 +57,16 @@ from asyncjobs.sync import SyncClient as SyncClient
 from asyncjobs.sync import SyncRun as SyncRun
 from asyncjobs.worker import Worker as Worker
 from asyncjobs.worker import WorkerStats as WorkerStats
+
+
+def _wire() -> None:
+    # Python runs this file before any submodule is usable, so App always finds its factories
+    from asyncjobs.wiring import wire_app
+
+    wire_app()
+
+
+_wire()
 
 __all__ = (
     "App",

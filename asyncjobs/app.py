@@ -1,4 +1,10 @@
-"""App: the registry of jobs and queues, and the factory of clients and workers."""
+"""App: the registry of jobs, queues, schedules and hooks.
+
+Clients, workers and the dashboard are built FROM an app, so this module imports none of them
+(they import it). ``app.client(dsn)``, ``app.worker(dsn)`` and ``app.asgi(dsn)`` call the
+``Builders`` that the composition root, ``asyncjobs/__init__.py``, wires in once at import
+time; see there for the layers the import contract in ``pyproject.toml`` enforces.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from asyncjobs.schedules import (
     define_schedule,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type-only: the runtime import graph has no edge app -> client/worker/web
     from asyncjobs.client import Client
     from asyncjobs.web import Dashboard
     from asyncjobs.worker import Worker
@@ -45,6 +51,33 @@ ContextJobFunction = Callable[Concatenate[Context, P], Awaitable[R]]
 #: plain ``def`` jobs run in a worker thread (see ``asyncjobs.threads``)
 SyncJobFunction = Callable[P, R]
 SyncContextJobFunction = Callable[Concatenate[Context, P], R]
+
+
+@dataclasses.dataclass(frozen=True)
+class Builders:
+    """What builds the objects that run an app; the layers above ``App`` provide them."""
+
+    #: ``Client(app, backend)``
+    client: Callable[[App, Backend], Client]
+    #: ``Worker(app, dsn, **options)``
+    worker: Callable[..., Worker]
+    #: ``Dashboard(app, dsn, DashboardSettings(**settings))``
+    dashboard: Callable[..., Dashboard]
+
+
+_builders: Builders | None = None
+
+
+def wire(builders: Builders) -> None:
+    """Called once by ``asyncjobs/__init__.py``, which Python runs before any submodule."""
+    global _builders
+    _builders = builders
+
+
+def _wired() -> Builders:
+    if _builders is None:  # only if the composition root was bypassed (it cannot be by import)
+        raise RuntimeError("asyncjobs.app.wire() was not called: import asyncjobs first")
+    return _builders
 
 
 class App:
@@ -353,15 +386,11 @@ class App:
 
     def client(self, dsn: str | Backend, **options: Any) -> Client:
         """``async with app.client(dsn) as client``; options go to the backend."""
-        from asyncjobs.client import Client
-
-        return Client(self, self.backend(dsn, **options))
+        return _wired().client(self, self.backend(dsn, **options))
 
     def worker(self, dsn: str | Backend, **options: Any) -> Worker:
         """A worker for this app (see ``Worker`` for the options)."""
-        from asyncjobs.worker import Worker
-
-        return Worker(self, dsn, **options)
+        return _wired().worker(self, dsn, **options)
 
     def asgi(self, dsn: str | Backend, **settings: Any) -> Dashboard:
         """The dashboard (HTTP API, SSE and viewer) as an ASGI app, to serve or to mount::
@@ -372,9 +401,7 @@ class App:
         ``settings`` are those of ``asyncjobs.web.DashboardSettings`` (token, limits,
         redaction...). It opens its own client on first use, or in ``lifespan``.
         """
-        from asyncjobs.web import Dashboard, DashboardSettings
-
-        return Dashboard(self, dsn, DashboardSettings(**settings))
+        return _wired().dashboard(self, dsn, **settings)
 
 
 class _JobDecorator:

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 
 from asyncjobs import inputs, telemetry
 from asyncjobs.activity import DEFAULT_WINDOW, MAX_WINDOW, Activity, WorkerState
+from asyncjobs.app import App
 from asyncjobs.backends.base import (
     Backend,
     Enqueued,
@@ -24,7 +25,7 @@ from asyncjobs.backends.base import (
     PruneResult,
     QueueState,
 )
-from asyncjobs.context import current_context
+from asyncjobs.context import current_context, open_client
 from asyncjobs.errors import (
     ConfigurationError,
     InvalidArguments,
@@ -39,7 +40,7 @@ from asyncjobs.errors import (
 from asyncjobs.explain import DEFAULT_WORKER_TTL, Explanation, explain
 from asyncjobs.feed import DEFAULT_GRACE, NotifySource, TraceUpdate, resolve_root, trace_updates
 from asyncjobs.jobs import Job, OnDuplicate, RunOptions
-from asyncjobs.remote import JobDirectory, JobRef
+from asyncjobs.remote import JobDirectory, JobRef, retry_run
 from asyncjobs.results import RunResult, run_result
 from asyncjobs.rules import check_int, check_text
 from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus, Trigger
@@ -47,9 +48,6 @@ from asyncjobs.schedules import ScheduleState
 from asyncjobs.steps import step_keys
 from asyncjobs.summary import JobSummary, LastSuccess
 from asyncjobs.waiters import ResultWaiter
-
-if TYPE_CHECKING:
-    from asyncjobs.app import App
 
 #: what triggers accept as a job: the job itself, a reference by name, or its name
 JobLike = Job[Any, Any] | JobRef[Any] | str
@@ -61,25 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: what ``Client.set_enabled`` switches
 SwitchKind = Literal["job", "queue", "schedule"]
-
-_current_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
-    "asyncjobs_current_client", default=None
-)
-
-
-def current_client() -> Client:
-    """Inside a job: the worker's client. Elsewhere: the innermost open ``async with`` client."""
-    context = current_context.get()
-    if context is not None:
-        return context.client
-    client = _current_client.get()
-    if client is None:
-        raise RuntimeError(
-            "no asyncjobs client is open here: use `async with app.client(dsn) as client` "
-            "and call client.trigger_async(job, ...)"
-        )
-    return client
-
 
 @dataclass(frozen=True, eq=False)
 class Run(Generic[R]):
@@ -126,8 +105,6 @@ class Client:
         poll_interval: float = 1.0,
         **backend_options: Any,
     ) -> None:
-        from asyncjobs.app import App
-
         if not isinstance(app, App):
             if backend is not None:
                 raise ConfigurationError("give either Client(dsn) or Client(app, dsn)")
@@ -146,7 +123,7 @@ class Client:
     async def __aenter__(self) -> Client:
         await self.backend.open()  # reference counted: a worker's client shares its backend
         await self._waiter.start()
-        self._token = _current_client.set(self)
+        self._token = open_client.set(self)
         return self
 
     async def __aexit__(
@@ -158,7 +135,7 @@ class Client:
         if self._token is not None:
             # exited in another context than it was entered in: nothing to restore there
             with contextlib.suppress(ValueError):
-                _current_client.reset(self._token)
+                open_client.reset(self._token)
             self._token = None
         await self._waiter.stop()
         await self.backend.close()
@@ -582,9 +559,9 @@ class Client:
         is the old run, so it shows in the old run's trace tree. Its arguments are checked
         again by the worker. Raises ``RunNotFound``, or ``InvalidArguments`` for a run that
         has not finished."""
-        from asyncjobs.remote import retry_run
-
-        return await retry_run(self, await self.get_run(run_id))
+        record = await self.get_run(run_id)
+        enqueued = await retry_run(self.backend, record)
+        return Run(enqueued.run_id, self._handle(record.job), enqueued.created, self)
 
     async def set_job_enabled(self, name: str, enabled: bool) -> None:
         """Disable (or enable again) a job cluster-wide: disabled jobs are not claimed."""

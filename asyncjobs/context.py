@@ -116,6 +116,28 @@ def get_context() -> Context | None:
     return current_context.get()
 
 
+#: the innermost open ``async with`` client of this task. It lives here, beside the job's
+#: context, so that ``Job.trigger_async`` finds a client without importing ``asyncjobs.client``
+#: (which imports ``jobs``): the import graph stays a DAG (see ``asyncjobs/__init__.py``).
+open_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "asyncjobs_current_client", default=None
+)
+
+
+def current_client() -> Client:
+    """Inside a job: the worker's client. Elsewhere: the innermost open ``async with`` client."""
+    context = current_context.get()
+    if context is not None:
+        return context.client
+    client = open_client.get()
+    if client is None:
+        raise RuntimeError(
+            "no asyncjobs client is open here: use `async with app.client(dsn) as client` "
+            "and call client.trigger_async(job, ...)"
+        )
+    return client
+
+
 def _json_fields(fields: dict[str, Any]) -> Any:
     """Log fields as plain, storable JSON, checked now: a value that is not JSON fails this
     call only, instead of the whole batch of events (of other runs too) it would be written

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
-from asyncjobs.context import Context
+from asyncjobs.context import Context, current_client
 from asyncjobs.errors import ConfigurationError
 from asyncjobs.rates import RateLimit
 from asyncjobs.redact import resolve_paths
@@ -268,14 +268,10 @@ class Job(Generic[P, R]):
 
     async def trigger_async(self, *args: P.args, **kwargs: P.kwargs) -> Run[R]:
         """Enqueue a run with the current client (inside a job: the worker's client)."""
-        from asyncjobs.client import current_client
-
         return await current_client().trigger_async(self, *args, **kwargs)
 
     async def run_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Enqueue a run and wait for its typed result (see ``Client.run_async``)."""
-        from asyncjobs.client import current_client
-
         return await current_client().run_async(self, *args, **kwargs)
 
     def resolved_options(self) -> RunOptions:

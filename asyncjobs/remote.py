@@ -33,7 +33,7 @@ from asyncjobs.runs import RunRecord, Trigger
 from asyncjobs.schema_validation import compile_schema, validate
 
 if TYPE_CHECKING:
-    from asyncjobs.client import Client, Run
+    from asyncjobs.client import Client
     from asyncjobs.jobs import Job
 
 R = TypeVar("R")
@@ -218,11 +218,10 @@ class JobDirectory:
         return text
 
 
-async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
-    """A new run of ``record``'s job with its arguments, queue, priority, attempts and dedup
-    id; trigger ``retry`` and parent ``record`` link it to the run it repeats."""
-    from asyncjobs.client import Run
-
+async def retry_run(backend: Backend, record: RunRecord) -> Enqueued:
+    """Enqueue a new run of ``record``'s job with its arguments, queue, priority, attempts and
+    dedup id; trigger ``retry`` and parent ``record`` link it to the run it repeats. The client
+    wraps the result in a ``Run`` (this module sits below ``asyncjobs.client``)."""
     if not record.status.is_terminal:
         raise InvalidArguments(
             f"run {record.id} is {record.status.value}: only a finished run can be retried"
@@ -244,7 +243,7 @@ async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
 
     async def insert(trace_context: str | None) -> list[Enqueued]:
         run = dataclasses.replace(new_run, trace_context=trace_context)
-        return await client.backend.enqueue([run], reject_duplicates=True)
+        return await backend.enqueue([run], reject_duplicates=True)
 
     if telemetry.TRACING:  # the new run joins the trace of whoever asked for it
         (enqueued,) = await telemetry.traced_trigger(
@@ -252,5 +251,4 @@ async def retry_run(client: Client, record: RunRecord) -> Run[Any]:
         )
     else:
         (enqueued,) = await insert(None)
-    handle = client._handle(record.job)
-    return Run(enqueued.run_id, handle, enqueued.created, client)
+    return enqueued

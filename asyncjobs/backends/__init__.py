@@ -1,0 +1,1 @@
+"""Storage: the ports the client and workers use (``base``) and their PostgreSQL adapter."""
