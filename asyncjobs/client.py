@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, overload
 
 import anyio
+from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 3.13)
 
 from asyncjobs import inputs, telemetry
 from asyncjobs.activity import DEFAULT_WINDOW, MAX_WINDOW, Activity, WorkerState
@@ -53,7 +54,8 @@ from asyncjobs.waiters import ResultWaiter
 JobLike = Job[Any, Any] | JobRef[Any] | str
 
 P = ParamSpec("P")
-R = TypeVar("R")
+#: a result type; ``Any`` when nothing binds it, e.g. ``trigger_json("name", ...)``
+R = TypeVar("R", default=Any)
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import orjson
 from jsonschema.protocols import Validator
+from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 3.13)
 
 from asyncjobs import telemetry
 from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from asyncjobs.client import Client
     from asyncjobs.jobs import Job
 
-R = TypeVar("R")
+#: a result type; ``Any`` (JSON values) when nothing says, e.g. ``JobRef("name")``
+R = TypeVar("R", default=Any)
 
 #: the member of a stored argument schema that holds the trigger defaults
 EXTENSION = "x-asyncjobs"
@@ -89,7 +91,13 @@ class JobRef(Generic[R]):
     ``client.run_async``); ``options(...)`` works as on a job. The trigger validates the
     arguments against the schema the workers stored, before writing anything."""
 
-    def __init__(self, name: str, result_type: type[R] | Any = Any) -> None:
+    @overload
+    def __init__(self, name: str, result_type: type[R]) -> None: ...
+
+    @overload  # no type, or a form such as ``int | None``: R keeps its default, Any
+    def __init__(self, name: str, result_type: Any = Any) -> None: ...
+
+    def __init__(self, name: str, result_type: Any = Any) -> None:
         self.name = name
         #: whether results are validated into a type (else they stay JSON values)
         self.typed = result_type is not Any

@@ -36,7 +36,8 @@ async def main() -> None:
         run = await client.trigger_async(checkout, order_id=7)  # returns at once
         receipt = await run.result(timeout=10)  # a Receipt, not a dict
         print("run", run.id, "->", receipt)
-        print("again:", await client.run_async(checkout, order_id=8))
+        again = await client.run_async(checkout, order_id=8)  # trigger and wait
+        print("again:", again)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,10 @@ class HeldCompletions:
         return await self._complete(worker_id, completions)
 
     async def heartbeat(
-        self, worker_id: str, runs: Sequence[tuple[int, int]], lease: float
+        self, worker_id: str, runs: Sequence[tuple[int, int]], lease_seconds: float
     ) -> Heartbeat:
         self.beats.append(len(runs))
-        return await self._heartbeat(worker_id, runs, lease)
+        return await self._heartbeat(worker_id, runs, lease_seconds)
 
 
 def _app() -> tuple[App, Any]:

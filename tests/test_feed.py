@@ -23,6 +23,13 @@ INSERT_EVENT = """
 """
 
 
+async def insert_event(db: asyncpg.Connection | asyncpg.Pool, message: str) -> tuple[int, int]:
+    """Insert a log event (through a connection or the pool): its id and transaction id."""
+    row = await db.fetchrow(INSERT_EVENT, message)
+    assert row is not None  # INSERT ... RETURNING returns its row
+    return row["id"], row["xid"]
+
+
 async def _read_until(
     backend: PostgresBackend, after: EventCursor, count: int, grace: float = 5.0
 ) -> list[tuple[int, str]]:
@@ -43,8 +50,8 @@ async def test_a_later_event_waits_for_an_earlier_uncommitted_one(
     try:
         tx_a = a.transaction()
         await tx_a.start()
-        first_id, _ = await a.fetchrow(INSERT_EVENT, "A")
-        second_id, _ = await b.fetchrow(INSERT_EVENT, "B")  # autocommit
+        first_id, _ = await insert_event(a, "A")
+        second_id, _ = await insert_event(b, "B")  # autocommit
         assert second_id > first_id
         page = await backend.read_feed(EventCursor(), None, 100, 5.0)
         assert page.events == [] and page.held_back  # B is visible but not final
@@ -67,8 +74,8 @@ async def test_resume_after_a_cursor_sees_an_event_with_a_smaller_id_that_commit
         await tx_b.start()
         await b.fetchval("SELECT pg_current_xact_id()")  # B's xid is taken first
         await tx_a.start()
-        a_id, a_xid = await a.fetchrow(INSERT_EVENT, "A")
-        b_id, b_xid = await b.fetchrow(INSERT_EVENT, "B")
+        a_id, a_xid = await insert_event(a, "A")
+        b_id, b_xid = await insert_event(b, "B")
         assert a_id < b_id and b_xid < a_xid
         await tx_b.commit()
         delivered = await _read_until(backend, EventCursor(), 1)
@@ -92,7 +99,7 @@ async def test_a_long_unrelated_transaction_delays_the_feed_only_by_the_grace_pe
         tx = idle.transaction()
         await tx.start()
         await idle.fetchval("SELECT pg_current_xact_id()")  # holds xmin back, writes nothing
-        event_id, _ = await backend.pool.fetchrow(INSERT_EVENT, "late")
+        event_id, _ = await insert_event(backend.pool, "late")
         assert (await backend.read_feed(EventCursor(), None, 10, 5.0)).held_back
         started = asyncio.get_running_loop().time()
         assert await _read_until(backend, EventCursor(), 1, grace=0.3) == [(event_id, "late")]
@@ -106,7 +113,7 @@ async def test_feed_position_stops_before_the_first_event_that_is_not_final(
     backend: PostgresBackend, dsn: str
 ) -> None:
     assert await backend.feed_position(5.0) == EventCursor()
-    first_id, first_xid = await backend.pool.fetchrow(INSERT_EVENT, "one")
+    first_id, first_xid = await insert_event(backend.pool, "one")
     holder = await asyncpg.connect(dsn)
     try:
         tx = holder.transaction()

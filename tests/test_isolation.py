@@ -217,10 +217,10 @@ async def test_a_completion_the_database_refuses_fails_only_its_run(
     worker = app.worker(dsn, concurrency=40, poll_interval=0.1)
     add = worker._completions.add
 
-    def add_one_bad(completion: Completion) -> asyncio.Future[None]:
-        if completion.run_id == bad_id:  # jsonb cannot hold \u0000: the statement fails
-            completion = dataclasses.replace(completion, result_json='"\\u0000"')
-        return add(completion)
+    def add_one_bad(item: Completion) -> asyncio.Future[None]:
+        if item.run_id == bad_id:  # jsonb cannot hold \u0000: the statement fails
+            item = dataclasses.replace(item, result_json='"\\u0000"')
+        return add(item)
 
     worker._completions.add = add_one_bad  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="asyncjobs.batcher"):

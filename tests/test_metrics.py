@@ -71,9 +71,9 @@ async def test_dashboard_metrics_match_the_database(dsn: str) -> None:
 
     conn = await asyncpg.connect(dsn)
     try:
-        depth = dict(await conn.fetch(
+        depth = {queue: n for queue, n in await conn.fetch(
             "SELECT queue, count(*) FROM asyncjobs.runs WHERE status = 'pending' GROUP BY queue"
-        ))  # fmt: skip
+        )}  # fmt: skip
         oldest = await conn.fetchval(
             "SELECT extract(epoch FROM now() - min(not_before))::float8 FROM asyncjobs.runs"
             " WHERE status = 'pending' AND queue = 'mail' AND not_before <= now()"

@@ -98,7 +98,9 @@ async def test_long_lists_become_flags(dsn: str, conn: asyncpg.Connection) -> No
         await listener.close()
     assert (cut.all_queues, cut.many_done, cut.cancel_many) == (True, True, True)
     assert (cut.queues, cut.done, cut.cancel) == (frozenset(), frozenset(), frozenset())
-    assert (small.queues, small.done, small.cancel) == ({"a", "b"}, {1, 2}, {3})
+    assert (small.queues, small.done, small.cancel) == (
+        frozenset({"a", "b"}), frozenset({1, 2}), frozenset({3})
+    )
     assert not (small.all_queues or small.many_done or small.cancel_many)
     # the short queue list is kept; one id list is cut (the longest), the other is sent
     assert long_ids.queues == {"q"} and long_ids.many_done != long_ids.cancel_many
@@ -188,11 +190,12 @@ async def test_sweep_rescues_10000_runs_in_one_pass(
             await asyncio.wait_for(waiting, 10)
     assert elapsed < 20, f"{elapsed:.1f} s: the sweeper did not go on after full batches"
     assert worker.stats.rescued_by_sweep == TREE
-    counts = dict(
-        await conn.fetch(
+    counts = {
+        key: n
+        for key, n in await conn.fetch(
             "SELECT status::text || ' ' || restarts, count(*) FROM asyncjobs.runs GROUP BY 1"
         )
-    )
+    }
     assert counts == {"pending 1": half, "failed 0": TREE - half}
     assert TREE // SWEEP_BATCH > 10  # many batches, not one
 

@@ -77,6 +77,7 @@ async def test_restarts_up_to_max_restarts_then_lease_expired(
                 assert (result.restarted, result.failed) == (1, 0)
                 assert (record.status, record.restarts) == (RunStatus.PENDING, attempt)
         assert (result.restarted, result.failed) == (0, 1)
+        assert record is not None  # the loop's last record (mypy forgets the narrowing)
         assert (record.status, record.restarts) == (RunStatus.FAILED, 2)
         assert record.error is not None and record.error["type"] == "LeaseExpired"
         assert "restarted 2 times (max_restarts 2)" in record.error["message"]
@@ -178,5 +179,6 @@ async def test_migration_4_carries_counts_of_active_runs_over(empty_dsn: str) ->
         row = await conn.fetchrow("SELECT retries, restarts, max_restarts FROM asyncjobs.runs")
     finally:
         await conn.close()
+    assert row is not None
     assert tuple(row) == (1, 1, 10)
 

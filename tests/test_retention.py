@@ -40,6 +40,7 @@ async def _counts(conn: asyncpg.Connection) -> tuple[int, int]:
         "SELECT (SELECT count(*) FROM asyncjobs.runs) AS runs,"
         "       (SELECT count(*) FROM asyncjobs.run_events) AS events"
     )
+    assert row is not None
     return row["runs"], row["events"]
 
 

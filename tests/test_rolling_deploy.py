@@ -76,7 +76,7 @@ async def test_an_older_worker_keeps_running_and_restarts_after_an_additive_migr
             row = await conn.fetchrow(
                 "SELECT compatible_from FROM asyncjobs.schema_version WHERE version = $1", N + 1
             )
-            assert row["compatible_from"] == N
+            assert row is not None and row["compatible_from"] == N
             run = await client.trigger_async(stall, first_ms=60_000, later_ms=1)
 
             async def claimed_by_old() -> bool:

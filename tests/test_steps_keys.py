@@ -128,7 +128,7 @@ async def test_children_of_a_failed_or_killed_parent_run_once(dsn: str, tmp_path
 
 async def test_a_step_holding_another_job_is_a_mismatch(dsn: str) -> None:
     app = App("mismatch")
-    seen: list[BaseException] = []
+    seen: list[StepMismatch] = []
 
     @app.job
     async def one() -> int:

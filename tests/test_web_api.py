@@ -4,8 +4,9 @@ trigger, cancel, enable/disable, the OpenAPI description, and mounting in anothe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -14,15 +15,17 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from asyncjobs import App
+from asyncjobs import App, Client
 from asyncjobs.web.routes import Api
 from tests.web_support import dashboard, wait_for, web_app
 
 pytestmark = pytest.mark.anyio
+#: the ``api`` fixture: the test app, an open client, an HTTP client
+ApiFixture = tuple[App, Client, httpx.AsyncClient]
 
 
 @pytest.fixture
-async def api(dsn: str) -> AsyncIterator[tuple[App, object, httpx.AsyncClient]]:
+async def api(dsn: str) -> AsyncIterator[ApiFixture]:
     """The test app, an open client and an HTTP client holding the CSRF cookie."""
     app, gates = web_app()
     async with (
@@ -38,7 +41,7 @@ async def api(dsn: str) -> AsyncIterator[tuple[App, object, httpx.AsyncClient]]:
             gate.set()
 
 
-async def test_runs_are_listed_filtered_and_paged(api: tuple) -> None:
+async def test_runs_are_listed_filtered_and_paged(api: ApiFixture) -> None:
     _, client, http = api
     leaves = [await client.trigger_async("leaf", n=n) for n in range(3)]
     tree = await client.trigger_async("tree", width=2)
@@ -82,7 +85,7 @@ async def test_runs_are_listed_filtered_and_paged(api: tuple) -> None:
         assert response.json()["error"]["type"] == "BadRequest"
 
 
-async def test_run_detail_tree_and_a_runs_events(api: tuple) -> None:
+async def test_run_detail_tree_and_a_runs_events(api: ApiFixture) -> None:
     _, client, http = api
     tree = await client.trigger_async("tree", width=2)
     await client.wait(tree.id, timeout=20)
@@ -105,7 +108,7 @@ async def test_run_detail_tree_and_a_runs_events(api: tuple) -> None:
 
 
 async def test_jobs_come_with_their_argument_schema_and_triggers_are_validated(
-    api: tuple,
+    api: ApiFixture,
 ) -> None:
     app, client, http = api
     listing = (await http.get("/api/jobs")).json()
@@ -123,8 +126,8 @@ async def test_jobs_come_with_their_argument_schema_and_triggers_are_validated(
     run = await client.get_run(ok.json()["id"])
     assert run.trigger.value == "api" and run.args == {"n": 4}
 
-    async def post(path: str, **options: object) -> httpx.Response:
-        return await http.post(path, **options)  # type: ignore[arg-type]
+    async def post(path: str, **options: Any) -> httpx.Response:
+        return await http.post(path, **options)
 
     unknown = await post("/api/jobs/nope/trigger", json={"args": {}})
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "UnknownJob"
@@ -150,7 +153,7 @@ async def test_jobs_come_with_their_argument_schema_and_triggers_are_validated(
     assert (await post("/api/jobs/leaf/trigger", json=huge)).status_code == 413
 
 
-async def test_cancel_and_enable_disable(api: tuple) -> None:
+async def test_cancel_and_enable_disable(api: ApiFixture) -> None:
     _, client, http = api
     run = await client.trigger_async("hold", gate="cancel-me")
     await wait_for(lambda: _status_is(client, run.id, "running"))
@@ -182,11 +185,11 @@ async def test_cancel_and_enable_disable(api: tuple) -> None:
     assert (await http.post("/api/jobs/leaf/enabled", json={"enabled": 1})).status_code == 400
 
 
-async def _status_is(client: object, run_id: int, status: str) -> bool:
-    return bool((await client.get_run(run_id)).status.value == status)  # type: ignore[attr-defined]
+async def _status_is(client: Client, run_id: int, status: str) -> bool:
+    return bool((await client.get_run(run_id)).status.value == status)
 
 
-async def test_openapi_describes_exactly_the_api_routes(api: tuple) -> None:
+async def test_openapi_describes_exactly_the_api_routes(api: ApiFixture) -> None:
     app, _, http = api
     document = (await http.get("/api/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
@@ -198,7 +201,7 @@ async def test_openapi_describes_exactly_the_api_routes(api: tuple) -> None:
         (route.path.replace(":int", ""), method)
         for route in routes
         if isinstance(route, Route) and route.path.startswith("/api/")
-        for method in (route.methods or ()) - {"HEAD"}
+        for method in (route.methods or set()) - {"HEAD"}
     }
     assert described == served
     assert set(document["components"]["schemas"]) >= {f"args.{name}" for name in app.jobs}
@@ -223,7 +226,11 @@ async def test_mounted_in_a_starlette_app_with_or_without_its_lifespan(dsn: str)
         config = uvicorn.Config(host, port=0, log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
-        await wait_for(_async(lambda s=server: s.started))
+
+        def started(s: uvicorn.Server = server) -> bool:
+            return s.started
+
+        await wait_for(_async(started))
         port = server.servers[0].sockets[0].getsockname()[1]
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -241,8 +248,8 @@ async def test_mounted_in_a_starlette_app_with_or_without_its_lifespan(dsn: str)
                 await board.state.stop()
 
 
-def _async(check: object) -> object:
+def _async(check: Callable[[], object]) -> Callable[[], Awaitable[object]]:
     async def wrapped() -> object:
-        return check()  # type: ignore[operator]
+        return check()
 
     return wrapped

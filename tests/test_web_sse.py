@@ -4,6 +4,7 @@ dropped connection without gap or duplicate, the end of a finished tree, slow su
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -100,7 +101,7 @@ async def test_resume_with_last_event_id_after_a_dropped_connection(dsn: str) ->
     ):
         run = await client.trigger_async("tree", width=4, gate="go")
         path = f"/api/runs/{run.id}/events"
-        first: list = []
+        first: list[Message] = []
         async with http.stream("GET", path, headers=SSE_HEADERS) as response:
             messages = sse_messages(response)
             first.append(await anext(messages))
@@ -224,7 +225,7 @@ async def test_a_slow_subscriber_is_dropped_without_holding_memory_and_can_resum
                     record.worker_id, [(run.id, record.attempt, "log", data)]
                 )
                 text = f"line {line}"
-                await wait_for(_async(lambda text=text: _logged(fast_messages, text)))
+                await wait_for(_async(functools.partial(_logged, fast_messages, text)))
                 if (await http.get("/api/stats")).json()["broadcaster"]["dropped"]:
                     break
             stats = (await http.get("/api/stats")).json()["broadcaster"]
@@ -264,9 +265,11 @@ def _logged(messages: list[Message], text: str) -> bool:
     return any(e["data"].get("message") == text for m in messages[-3:] for e in m.data["events"])
 
 
-async def _stats_when(http: httpx.AsyncClient, check: object) -> dict | None:
-    stats = (await http.get("/api/stats")).json()
-    return stats if check(stats["broadcaster"]) else None  # type: ignore[operator]
+async def _stats_when(
+    http: httpx.AsyncClient, check: Callable[[dict[str, Any]], object]
+) -> dict[str, Any] | None:
+    stats: dict[str, Any] = (await http.get("/api/stats")).json()
+    return stats if check(stats["broadcaster"]) else None
 
 
 async def _open_without_reading(port: int, path: str) -> socket.socket:

@@ -12,16 +12,18 @@ import asyncpg
 import httpx
 import pytest
 
-from asyncjobs import App, InvalidArguments
+from asyncjobs import App, Client, InvalidArguments
 from tests.views_support import SCHEDULE_SECRET, backdate, views_app
 from tests.web_support import Card, Gates, dashboard, wait_for
 
 pytestmark = pytest.mark.anyio
 TOKEN = "views-token-for-tests-0123456789"
+#: the ``api`` fixture: the test app, an open client, an HTTP client, the jobs' gates
+ViewsFixture = tuple[App, Client, httpx.AsyncClient, Gates]
 
 
 @pytest.fixture
-async def api(dsn: str) -> AsyncIterator[tuple[App, Any, httpx.AsyncClient, Gates]]:
+async def api(dsn: str) -> AsyncIterator[ViewsFixture]:
     app, gates = views_app()
     async with (
         app.client(dsn) as client,
@@ -36,7 +38,9 @@ async def api(dsn: str) -> AsyncIterator[tuple[App, Any, httpx.AsyncClient, Gate
             gate.set()
 
 
-async def test_workers_show_concurrency_running_runs_and_heartbeat(api: tuple, dsn: str) -> None:
+async def test_workers_show_concurrency_running_runs_and_heartbeat(
+    api: ViewsFixture, dsn: str
+) -> None:
     _, client, http, gates = api
     run = await client.trigger_async("hold", gate="w")
 
@@ -66,7 +70,7 @@ async def test_workers_show_concurrency_running_runs_and_heartbeat(api: tuple, d
         await client.get_workers(worker_ttl=0)
 
 
-async def test_schedules_list_redacted_and_switched(api: tuple) -> None:
+async def test_schedules_list_redacted_and_switched(api: ViewsFixture) -> None:
     _, client, http, _ = api
 
     async def computed() -> Any:  # the worker's scheduler computes the next ticks on start
@@ -99,7 +103,7 @@ async def test_schedules_list_redacted_and_switched(api: tuple) -> None:
 
 
 async def test_activity_counts_queue_load_and_the_last_hours_finished_runs(
-    api: tuple, dsn: str
+    api: ViewsFixture, dsn: str
 ) -> None:
     _, client, http, gates = api
     done = [await client.trigger_async("leaf", n=n) for n in range(6)]
@@ -145,7 +149,7 @@ async def test_activity_counts_queue_load_and_the_last_hours_finished_runs(
 
 
 async def test_per_minute_counts_skip_runs_created_before_the_search_bound(
-    api: tuple, dsn: str
+    api: ViewsFixture, dsn: str
 ) -> None:
     """Runs created three hours ago are found by the binary search to lie before the
     window, whatever their finish time says; newer ones are all counted."""
@@ -166,7 +170,7 @@ async def test_per_minute_counts_skip_runs_created_before_the_search_bound(
     assert leaf.succeeded == 6 and sum(m.succeeded for m in activity.minutes) == 6
 
 
-async def test_why_pending_and_run_again(api: tuple) -> None:
+async def test_why_pending_and_run_again(api: ViewsFixture) -> None:
     _, client, http, gates = api
     await client.set_job_enabled("leaf", False)
     run = await client.trigger_async("leaf", n=1)
@@ -213,7 +217,7 @@ async def _status(client: Any, run_id: int, status: str) -> bool:
     return bool((await client.get_run(run_id)).status.value == status)
 
 
-async def test_runs_can_be_listed_without_children(api: tuple) -> None:
+async def test_runs_can_be_listed_without_children(api: ViewsFixture) -> None:
     _, client, http, _ = api
     tree = await client.trigger_async("tree", width=2)
     await client.wait(tree.id, timeout=20)
@@ -226,7 +230,7 @@ async def test_runs_can_be_listed_without_children(api: tuple) -> None:
     assert (await http.get("/api/runs?roots=yes")).status_code == 400
 
 
-async def test_without_a_token_foreign_hosts_and_origins_are_refused(api: tuple) -> None:
+async def test_without_a_token_foreign_hosts_and_origins_are_refused(api: ViewsFixture) -> None:
     """DNS rebinding and cross-site POSTs get nothing from the new endpoints either."""
     _, client, http, _ = api
     run = await client.trigger_async("leaf", n=1)

@@ -111,7 +111,9 @@ class Message:
 
 async def sse_messages(response: httpx.Response) -> AsyncIterator[Message]:
     """Parse a text/event-stream response into messages (comments and pings skipped)."""
-    event, event_id, data = "message", None, []
+    event: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:
