@@ -9,7 +9,7 @@ time; see there for the layers the import contract in ``pyproject.toml`` enforce
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
@@ -46,8 +46,11 @@ if TYPE_CHECKING:  # type-only: the runtime import graph has no edge app -> clie
 P = ParamSpec("P")
 R = TypeVar("R")
 
-JobFunction = Callable[P, Awaitable[R]]
-ContextJobFunction = Callable[Concatenate[Context, P], Awaitable[R]]
+# Coroutine, not Awaitable: an ``async def`` is what runs as one (``inspect.iscoroutinefunction``),
+# and with Awaitable a job taking an ``Any`` parameter matched the plain-def overloads as well,
+# so mypy typed it ``Job[Any, Any]``
+JobFunction = Callable[P, Coroutine[Any, Any, R]]
+ContextJobFunction = Callable[Concatenate[Context, P], Coroutine[Any, Any, R]]
 #: plain ``def`` jobs run in a worker thread (see ``asyncjobs.threads``)
 SyncJobFunction = Callable[P, R]
 SyncContextJobFunction = Callable[Concatenate[Context, P], R]
