@@ -28,6 +28,7 @@ from asyncjobs.rules import storable
 from asyncjobs.trace import build_tree, render_tree
 
 if TYPE_CHECKING:
+    from asyncjobs.backends.postgres import PostgresBackend
     from asyncjobs.client import Client, Run
     from asyncjobs.web import DashboardServer
 
@@ -59,6 +60,19 @@ def _dsn(args: argparse.Namespace) -> str:
 
 def _add_dsn(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help=f"PostgreSQL DSN (default: ${DSN_ENV})")
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="--dsn is PgBouncer in transaction mode: no named prepared "
+                             "statements (LISTEN needs --listen-dsn where it listens)")
+
+
+def _database(args: argparse.Namespace) -> str | PostgresBackend:
+    """The DSN, or a backend set up for a pooler (``--pgbouncer``, ``--listen-dsn``)."""
+    from asyncjobs.backends.postgres import PostgresBackend
+
+    listen_dsn: str | None = getattr(args, "listen_dsn", None)
+    if not args.pgbouncer and not listen_dsn:
+        return _dsn(args)
+    return PostgresBackend(_dsn(args), pgbouncer=args.pgbouncer, listen_dsn=listen_dsn)
 
 
 # ---------------------------------------------------------------------- worker
@@ -94,11 +108,8 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    options: dict[str, Any] = {}
-    if args.listen_dsn:
-        options["listen_dsn"] = args.listen_dsn
     worker = app.worker(
-        _dsn(args),
+        _database(args),
         concurrency=args.concurrency,
         queues=args.queues.split(",") if args.queues else None,
         drain_timeout=args.drain_timeout,
@@ -112,7 +123,6 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         handle_signals=True,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
-        **options,
     )
     await worker.run()
     return 0
@@ -129,7 +139,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     from asyncjobs import sql
     from asyncjobs.backends.postgres import PostgresBackend
 
-    backend = PostgresBackend(_dsn(args), migrate=True)
+    backend = PostgresBackend(_dsn(args), pgbouncer=args.pgbouncer, migrate=True)
     await backend.open()
     await backend.close()
     found, version = backend.migrated_from, sql.SCHEMA_VERSION
@@ -161,7 +171,7 @@ def _add_runs(parser: argparse.ArgumentParser) -> None:
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:
-    async with App("cli").client(_dsn(args)) as client:
+    async with App("cli").client(_database(args)) as client:
         if args.tree is not None:
             run = await client.get_run(args.tree)
             page = await client.get_runs(root_run_id=run.root_run_id, limit=1000)
@@ -350,6 +360,7 @@ def parse_retention(text: str) -> timedelta | None:
 def _add_dashboard(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("app", help="the App whose jobs it shows and triggers, as module:attribute")
     _add_dsn(parser)
+    parser.add_argument("--listen-dsn", help="direct DSN for LISTEN when --dsn is a pooler")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; any other one needs a "
                              "token or --insecure)")
@@ -376,7 +387,7 @@ async def cmd_dashboard(args: argparse.Namespace) -> int:
         "max_streams": args.max_streams,
         "title": args.title or f"asyncjobs · {app.name}",
     }
-    server = DashboardServer(app.asgi(_dsn(args), **settings), args.host, args.port,
+    server = DashboardServer(app.asgi(_database(args), **settings), args.host, args.port,
                              log_level="info")
     await server.start()
     login = "?token=<your token>" if settings["token"] else ""
@@ -395,7 +406,7 @@ def _add_prune(parser: argparse.ArgumentParser) -> None:
 
 
 async def cmd_prune(args: argparse.Namespace) -> int:
-    async with App("cli").client(_dsn(args)) as client:
+    async with App("cli").client(_database(args)) as client:
         result = await client.prune(parse_duration(args.older_than))
     print(f"deleted {result.trees} trace trees: {result.runs} runs, {result.events} events")
     return 0
@@ -411,7 +422,7 @@ def _add_switch(parser: argparse.ArgumentParser) -> None:
 
 
 async def _switch(args: argparse.Namespace, enabled: bool) -> int:
-    async with App("cli").client(_dsn(args)) as client:
+    async with App("cli").client(_database(args)) as client:
         await client.set_enabled(args.kind, args.name, enabled)
     print(f"{args.kind} {args.name!r} {'enabled' if enabled else 'disabled'}")
     return 0
@@ -433,7 +444,7 @@ def _add_schedules(parser: argparse.ArgumentParser) -> None:
 
 
 async def cmd_schedules(args: argparse.Namespace) -> int:
-    async with App("cli").client(_dsn(args)) as client:
+    async with App("cli").client(_database(args)) as client:
         schedules = await client.get_schedules()
     print(f"{'name':<24} {'timing':<20} {'state':<8} {'next fire':<20} last fire")
     for s in schedules:
@@ -450,7 +461,7 @@ def _add_explain(parser: argparse.ArgumentParser) -> None:
 
 
 async def cmd_explain(args: argparse.Namespace) -> int:
-    async with App("cli").client(_dsn(args)) as client:
+    async with App("cli").client(_database(args)) as client:
         print(await client.explain(args.run_id))
     return 0
 
@@ -471,13 +482,15 @@ COMMANDS: dict[str, Command] = {
     "schedules": (_add_schedules, cmd_schedules, "list the stored schedules"),
     "explain": (_add_explain, cmd_explain, "say why a run is pending (or where it is)"),
     "trigger": (lambda p: cli_ops.add_trigger(p, _add_dsn),
-                lambda a: cli_ops.cmd_trigger(a, _dsn(a)),
+                lambda a: cli_ops.cmd_trigger(a, _database(a)),
                 "trigger a job by name with JSON arguments (no app code needed)"),
-    "show": (lambda p: cli_ops.add_show(p, _add_dsn), lambda a: cli_ops.cmd_show(a, _dsn(a)),
+    "show": (lambda p: cli_ops.add_show(p, _add_dsn),
+             lambda a: cli_ops.cmd_show(a, _database(a)),
              "show one run: arguments, result, error, events and its trace tree"),
     "cancel": (lambda p: cli_ops.add_cancel(p, _add_dsn),
-               lambda a: cli_ops.cmd_cancel(a, _dsn(a)), "cancel a run (and its subtree)"),
-    "retry": (lambda p: cli_ops.add_retry(p, _add_dsn), lambda a: cli_ops.cmd_retry(a, _dsn(a)),
+               lambda a: cli_ops.cmd_cancel(a, _database(a)), "cancel a run (and its subtree)"),
+    "retry": (lambda p: cli_ops.add_retry(p, _add_dsn),
+              lambda a: cli_ops.cmd_retry(a, _database(a)),
               "run a finished run's job again with the same arguments"),
 }
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from asyncjobs.backends.base import Backend
 from asyncjobs.client import Client, Run
 from asyncjobs.errors import InvalidArguments, RunTimeout
 from asyncjobs.remote import shown_args
@@ -74,7 +75,7 @@ def add_trigger(parser: argparse.ArgumentParser, add_dsn: AddDsn) -> None:
     add_dsn(parser)
 
 
-async def cmd_trigger(args: argparse.Namespace, dsn: str) -> int:
+async def cmd_trigger(args: argparse.Namespace, dsn: str | Backend) -> int:
     try:
         arguments = orjson.loads(args.args)
     except orjson.JSONDecodeError as exc:
@@ -122,7 +123,7 @@ def add_show(parser: argparse.ArgumentParser, add_dsn: AddDsn) -> None:
     add_dsn(parser)
 
 
-async def cmd_show(args: argparse.Namespace, dsn: str) -> int:
+async def cmd_show(args: argparse.Namespace, dsn: str | Backend) -> int:
     async with Client(dsn) as client:
         run = await client.get_run(args.run_id)
         events = await _last_events(client, run.id, args.events)
@@ -193,7 +194,7 @@ def add_cancel(parser: argparse.ArgumentParser, add_dsn: AddDsn) -> None:
     add_dsn(parser)
 
 
-async def cmd_cancel(args: argparse.Namespace, dsn: str) -> int:
+async def cmd_cancel(args: argparse.Namespace, dsn: str | Backend) -> int:
     async with Client(dsn) as client:
         changed = await client.cancel(args.run_id, cascade=args.cascade)
         if not changed:
@@ -212,7 +213,7 @@ def add_retry(parser: argparse.ArgumentParser, add_dsn: AddDsn) -> None:
     add_dsn(parser)
 
 
-async def cmd_retry(args: argparse.Namespace, dsn: str) -> int:
+async def cmd_retry(args: argparse.Namespace, dsn: str | Backend) -> int:
     async with Client(dsn) as client:
         run = await client.retry(args.run_id)
         print(f"triggered run {run.id} of {run.job.name}, retrying run {args.run_id}")

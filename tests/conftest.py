@@ -65,3 +65,7 @@ def server() -> Iterator[EmbeddedPostgres]:
     """A private server for a module whose tests stop, restart, pause or cut it off."""
     with EmbeddedPostgres() as pg:
         yield pg
+
+
+# PgBouncer (transaction mode) fixtures: ``pgbouncer`` and the direct/pooled ``route``
+from tests.pgbouncer import pgbouncer, route  # noqa: E402, F401
