@@ -4,9 +4,10 @@ The jobs here record what really happened, with the database clock, into plain t
 (created by the tests): the tests then judge limits from those rows, never from the worker's
 own counters. Each process writes through one module-level pool of its own.
 
-``python -m tests.proc_apps storm DSN JOB DEDUP_ID COUNT [raise|return]`` is the trigger
-storm of ``test_dedup_race``: it opens a client, says ``ready``, waits for ``go`` on stdin,
-fires COUNT concurrent triggers and writes one JSON line with the outcomes.
+``python -m tests.proc_apps storm DSN DEDUP_ID COUNT raise|return [LISTEN_DSN]`` is the
+trigger storm of ``test_dedup_race``: it opens a client, says ``ready``, waits for ``go`` on
+stdin, fires COUNT concurrent triggers and writes one JSON line with the outcomes. With
+LISTEN_DSN, DSN is a PgBouncer in transaction mode (``pgbouncer=True``).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ async def once(n: int) -> int:
     return n + 1
 
 
-async def _storm(dsn: str, dedup_id: str, count: int, mode: str) -> list[dict[str, Any]]:
+async def _storm(
+    dsn: str, dedup_id: str, count: int, mode: str, options: dict[str, Any]
+) -> list[dict[str, Any]]:
     job = once.options(dedup_id=dedup_id, on_duplicate="return" if mode == "return" else "raise")
 
     async def trigger(n: int) -> dict[str, Any]:
@@ -115,7 +118,7 @@ async def _storm(dsn: str, dedup_id: str, count: int, mode: str) -> list[dict[st
             return {"duplicate": exc.existing_run_id, "job": exc.job, "dedup_id": exc.dedup_id}
         return {"run": run.id, "created": run.created}
 
-    async with dedup_app.client(dsn, max_pool_size=8) as client:
+    async with dedup_app.client(dsn, max_pool_size=8, **options) as client:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
@@ -124,10 +127,11 @@ async def _storm(dsn: str, dedup_id: str, count: int, mode: str) -> list[dict[st
 
 
 def main(argv: list[str]) -> int:
-    command, dsn, dedup_id, count, mode = argv
+    command, dsn, dedup_id, count, mode, *listen = argv
     if command != "storm":
         raise SystemExit(f"unknown command {command!r}")
-    outcomes = asyncio.run(_storm(dsn, dedup_id, int(count), mode))
+    options = {"pgbouncer": True, "listen_dsn": listen[0]} if listen else {}
+    outcomes = asyncio.run(_storm(dsn, dedup_id, int(count), mode, options))
     sys.stdout.write(orjson.dumps(outcomes).decode() + "\n")
     return 0
 

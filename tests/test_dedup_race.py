@@ -1,8 +1,9 @@
 """Deduplication under a real race: many processes, many connections, one dedup id.
 
-Four processes (``python -m tests.proc_apps storm``), each with its own pool, wait at a
-barrier and then fire 60 concurrent triggers of the same ``(job, dedup_id)``. The partial
-unique index must let exactly one run in; every other trigger must learn that run's id.
+Four processes (``python -m tests.proc_apps storm``), each with its own pool, directly and
+through PgBouncer in transaction mode (``tests.pgbouncer``), wait at a barrier and then fire 60
+concurrent triggers of the same ``(job, dedup_id)``. The partial unique index must let exactly
+one run in; every other trigger must learn that run's id.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from asyncjobs import DuplicateRun
+from tests.pgbouncer import Route
 from tests.proc_apps import dedup_app, once
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -28,19 +30,20 @@ TRIGGERS_EACH = 60
 DEDUP_ID = "order-7"
 
 
-def _start_storm(dsn: str, mode: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "tests.proc_apps", "storm", dsn, DEDUP_ID,
-               str(TRIGGERS_EACH), mode]  # fmt: skip
+def _start_storm(dsn: str, mode: str, route: Route) -> subprocess.Popen[str]:
+    pooled = [dsn] if route.bouncer else []  # LISTEN goes straight to the server
+    command = [sys.executable, "-m", "tests.proc_apps", "storm", route.dsn(dsn), DEDUP_ID,
+               str(TRIGGERS_EACH), mode, *pooled]  # fmt: skip
     return subprocess.Popen(
         command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
 
 
-def _storm(dsn: str) -> list[dict[str, Any]]:
+def _storm(dsn: str, route: Route) -> list[dict[str, Any]]:
     """Start every process, release them together, gather every outcome."""
     # one process asks for the holder back instead of an error
     modes = ["raise"] * (PROCESSES - 1) + ["return"]
-    processes = [_start_storm(dsn, mode) for mode in modes]
+    processes = [_start_storm(dsn, mode, route) for mode in modes]
     try:
         for process in processes:
             assert process.stdout is not None
@@ -62,8 +65,8 @@ def _storm(dsn: str) -> list[dict[str, Any]]:
                 process.wait()
 
 
-async def test_concurrent_triggers_of_one_dedup_id_make_one_run(dsn: str) -> None:
-    outcomes = await anyio.to_thread.run_sync(_storm, dsn)
+async def test_concurrent_triggers_of_one_dedup_id_make_one_run(dsn: str, route: Route) -> None:
+    outcomes = await anyio.to_thread.run_sync(_storm, dsn, route)
     assert len(outcomes) == PROCESSES * TRIGGERS_EACH
 
     conn = await asyncpg.connect(dsn)
@@ -85,14 +88,15 @@ async def test_concurrent_triggers_of_one_dedup_id_make_one_run(dsn: str) -> Non
             assert outcome == {"run": run_id, "created": False, "mode": "return"}
 
 
-async def test_dedup_id_is_free_again_once_the_run_finished(dsn: str) -> None:
+async def test_dedup_id_is_free_again_once_the_run_finished(dsn: str, route: Route) -> None:
     job = once.options(dedup_id=DEDUP_ID)
-    async with dedup_app.client(dsn) as client:
+    options = route.options(dsn)
+    async with dedup_app.client(route.dsn(dsn), **options) as client:
         first = await client.trigger_async(job, n=1)
         with pytest.raises(DuplicateRun) as caught:
             await client.trigger_async(job, n=2)
         assert caught.value.existing_run_id == first.id
-        async with dedup_app.worker(dsn, concurrency=1, poll_interval=0.05):
+        async with dedup_app.worker(route.dsn(dsn), concurrency=1, poll_interval=0.05, **options):
             assert await first.result(timeout=30) == 2
         second = await client.trigger_async(job, n=3)
         assert second.created and second.id != first.id

@@ -50,6 +50,7 @@ from tests.fault_apps import (
     crash_queue,
 )
 from tests.faults import ForkedWorker, ForkServer, new_database
+from tests.pgbouncer import ROUTES, Route, pgbouncer_or_skip
 
 # the scenario takes about a minute; the margin is for a loaded machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -110,18 +111,24 @@ class Outcome:
     unreleased: list[tuple[int, int]] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+@pytest.fixture(scope="module", params=ROUTES)
+def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """The scenario, directly and with the workers and the client behind a PgBouncer in
+    transaction mode (in front of the private server; LISTEN and the test's own probes go
+    straight to it)."""
     seed = random.randrange(1_000_000)
     logs = tmp_path_factory.mktemp("kill9")
     with EmbeddedPostgres() as pg:
-        return anyio.run(_scenario, pg, logs, seed)
+        if request.param == "direct":
+            return anyio.run(_scenario, pg, logs, seed, Route("direct"))
+        with pgbouncer_or_skip(pg.dsn) as bouncer:
+            return anyio.run(_scenario, pg, logs, seed, Route("pgbouncer", bouncer))
 
 
 # ---------------------------------------------------------------------- the scenario
 
 
-async def _scenario(pg: EmbeddedPostgres, logs: Path, seed: int) -> Outcome:
+async def _scenario(pg: EmbeddedPostgres, logs: Path, seed: int, route: Route) -> Outcome:
     rng = random.Random(seed)
     dsn = await new_database(pg)
     conn = await asyncpg.connect(dsn)
@@ -133,14 +140,15 @@ async def _scenario(pg: EmbeddedPostgres, logs: Path, seed: int) -> Outcome:
 
         async def spawn(n: int) -> None:
             worker_id = f"k9-{n:03d}"
+            pooled = route.cli_args(dsn)[2:]  # --pgbouncer --listen-dsn DIRECT, or nothing
             workers[worker_id] = await forks.start_worker(
-                "tests.fault_apps:crash_app", dsn, worker_id, logs, *WORKER_OPTIONS,
-                env={RECORD_DSN_ENV: dsn},
+                "tests.fault_apps:crash_app", route.dsn(dsn), worker_id, logs, *WORKER_OPTIONS,
+                *pooled, env={RECORD_DSN_ENV: dsn},
             )  # fmt: skip
 
         for n in range(WORKERS):
             await spawn(n)
-        async with crash_app.client(dsn) as client:
+        async with crash_app.client(route.dsn(dsn), **route.options(dsn)) as client:
             triggered = await _top_up(client, conn, rng)
             for kill in range(KILLS):
                 await anyio.sleep(rng.uniform(0.05, 0.5))

@@ -1,10 +1,12 @@
 """Cluster-wide limits, proven with real worker processes and the intervals the jobs recorded.
 
 Four ``asyncjobs worker`` processes (each with its own pool and LISTEN connection) serve one
-database. Every run records its start and end with the database clock, inside the time it is
-``running`` (see ``tests.proc_apps.record_interval``); the maximum overlap of those intervals
-per job and per queue is then computed here. It must never exceed the limit, and it must reach
-it (otherwise the limit was never exercised and the test proves nothing).
+database, once directly and once through PgBouncer in transaction mode (``tests.pgbouncer``:
+pools through the pooler, LISTEN direct). Every run records its start and end with the database
+clock, inside the time it is ``running`` (see ``tests.proc_apps.record_interval``); the maximum
+overlap of those intervals per job and per queue is then computed here. It must never exceed the
+limit, and it must reach it (otherwise the limit was never exercised and the test proves
+nothing).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.pgbouncer import Route
 from tests.proc_apps import (
     INTERVALS_DDL,
     LIMITS,
@@ -88,10 +91,10 @@ def test_max_overlap_counts_touching_intervals_apart() -> None:
     assert max_overlap([*chain, Interval(9, 1, "j", "q", 0, t[0], t[4])]) == 2
 
 
-def _start_worker(dsn: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(dsn: str, route: Route, log: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "asyncjobs", "worker", "tests.proc_apps:limits_app",
-        "--dsn", dsn, "--concurrency", str(CONCURRENCY),
+        *route.cli_args(dsn), "--concurrency", str(CONCURRENCY),
         # completions of limited runs do not wake other workers, so a short poll keeps
         # the limits saturated (the claimer of a freed slot is the one that polls)
         "--poll-interval", "0.05", "--drain-timeout", "10",
@@ -106,10 +109,12 @@ def _start_worker(dsn: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def _drive(dsn: str, workers: list[subprocess.Popen[bytes]]) -> int:
+async def _drive(dsn: str, route: Route, workers: list[subprocess.Popen[bytes]]) -> int:
     """Trigger every run, then wait (bounded) until all of them are terminal."""
     sleeps = random.Random(7)
-    async with limits_app.client(dsn) as client:
+    # every worker up first, or a slow start on a loaded machine leaves one without work
+    await _wait_registered(dsn, workers)
+    async with limits_app.client(route.dsn(dsn), **route.options(dsn)) as client:
         for job, count in RUNS.items():
             arguments = [{"sleep_ms": sleeps.randint(10, 40)} for _ in range(count)]
             await client.trigger_many(job, arguments)
@@ -129,6 +134,18 @@ async def _drive(dsn: str, workers: list[subprocess.Popen[bytes]]) -> int:
     finally:
         await conn.close()
     raise AssertionError(f"runs not finished within {DEADLINE} s")
+
+
+async def _wait_registered(dsn: str, workers: list[subprocess.Popen[bytes]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 60
+        while await conn.fetchval("SELECT count(*) FROM asyncjobs.workers") < len(workers):
+            assert time.monotonic() < deadline, "workers did not register within 60 s"
+            assert all(w.poll() is None for w in workers), "a worker died at start"
+            await anyio.sleep(0.05)
+    finally:
+        await conn.close()
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> list[int | None]:
@@ -156,13 +173,18 @@ async def _execute(dsn: str, statement: str) -> list[asyncpg.Record]:
 
 
 @pytest.fixture(scope="module")
-def fleet(module_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> FleetResult:
-    """Run every limit scenario at once on four worker processes and collect the record."""
+def fleet(
+    module_dsn: str, route: Route, tmp_path_factory: pytest.TempPathFactory
+) -> FleetResult:
+    """Run every limit scenario at once on four worker processes (directly, or through
+    PgBouncer: ``route``) and collect the record."""
     logs_dir = tmp_path_factory.mktemp("workers")
+    anyio.run(_execute, module_dsn, "DROP TABLE IF EXISTS public.intervals")
+    anyio.run(_execute, module_dsn, "TRUNCATE asyncjobs.runs, asyncjobs.run_events")
     anyio.run(_execute, module_dsn, INTERVALS_DDL)
-    workers = [_start_worker(module_dsn, logs_dir / f"w{n}.log") for n in range(WORKERS)]
+    workers = [_start_worker(module_dsn, route, logs_dir / f"w{n}.log") for n in range(WORKERS)]
     try:
-        total = anyio.run(_drive, module_dsn, workers)
+        total = anyio.run(_drive, module_dsn, route, workers)
     finally:
         exit_codes = _stop(workers)
     rows = anyio.run(_execute, module_dsn, "SELECT * FROM public.intervals")

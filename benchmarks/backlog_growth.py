@@ -1,0 +1,208 @@
+"""Cost growth with the backlog: 10k / 100k / 1M / 5M pending runs (issue 16).
+
+For each ``--sizes`` backlog, in a private database (``bench_backlog``, dropped at the end):
+
+1. the backlog is generated server-side (``INSERT … SELECT generate_series``: runs of
+   ``noop`` in queue ``default``, each with its ``pending`` event, as ``trigger_many`` writes
+   them), then ``VACUUM ANALYZE`` (what autovacuum would have done by then);
+2. plans, with ``EXPLAIN (ANALYZE, BUFFERS)``: the claim and completion of 100 runs
+   (``bench_extra.explain_claim``: auto_explain inside the plpgsql claim function), an enqueue
+   of 100 runs, and the dashboard's queries — the newest page of runs, a page by job, a page
+   by status, and ``explain()``'s facts for the newest run — each in a rolled-back transaction;
+3. a worker with c=100 processes the first ``--process`` runs (``bench_extra.process_first``).
+
+``--prune-events N`` then measures retention on N events: N/4 finished trace trees (one run,
+four events each) older than the cutoff, deleted by ``client.prune`` (500 trees a statement).
+
+Prints one JSON object; ``--plans DIR`` writes every plan as text. Needs the anchors' harness
+(``BENCH_HARNESS=/work/shared/bench-anchors``). Usage:
+    python benchmarks/backlog_growth.py --sizes 10000,100000,1000000,5000000 --plans out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_extra  # noqa: E402
+from bench_extra import _common  # noqa: E402
+
+from asyncjobs.sql import QUERIES  # noqa: E402
+
+DB = "bench_backlog"
+
+GENERATE = """
+INSERT INTO asyncjobs.runs (id, job, queue, args, root_run_id)
+SELECT g, $1, 'default', jsonb_build_object('i', g), g FROM generate_series(1, $2::bigint) g;
+INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+SELECT g, g, 'pending', jsonb_build_object('job', $1::text, 'queue', 'default',
+                                           'parent_run_id', null, 'trigger', 'user')
+  FROM generate_series(1, $2::bigint) g;
+"""
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def generate(conn: asyncpg.Connection, job: str, n: int) -> float:
+    t0 = time.perf_counter()
+    async with conn.transaction():
+        for statement in GENERATE.strip().split(";\n"):
+            await conn.execute(statement.rstrip(";"), job, n)
+        await conn.execute(f"SELECT setval('asyncjobs.run_ids', {n})")
+    for table in ("runs", "run_events"):
+        await conn.execute(f"VACUUM ANALYZE asyncjobs.{table}")
+    return round(time.perf_counter() - t0, 1)
+
+
+async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[str, float]:
+    """The plan of ``query`` executed once, rolled back; and its execution time (ms)."""
+    lines: list[str] = []
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {query}", *args)
+            lines = [r[0] for r in rows]
+            raise _Rollback
+    except _Rollback:
+        pass
+    ms = next((float(x.split(":")[1].split()[0]) for x in lines if "Execution Time" in x), -1.0)
+    return "\n".join(lines), ms
+
+
+def _enqueue_args(job: str, n: int) -> list[Any]:
+    return [[job] * n, ["default"] * n, [json.dumps({"i": i}) for i in range(n)], [0] * n,
+            [None] * n, [None] * n, [None] * n, [1] * n, [None] * n, [None] * n, ["user"] * n,
+            [0] * n]  # fmt: skip
+
+
+def _get_runs_args(job: str | None, status: str | None) -> list[Any]:
+    return [job, status, None, None, None, None, 50, None, None]
+
+
+async def plans_at(dsn: str, job: str, size: int) -> dict[str, tuple[str, float]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        out = {
+            "enqueue_100": await explain(conn, QUERIES["enqueue_runs"].text,
+                                         *_enqueue_args(job, 100)),
+            "list_newest": await explain(conn, QUERIES["get_runs"].text,
+                                         *_get_runs_args(None, None)),
+            "list_by_job": await explain(conn, QUERIES["get_runs"].text,
+                                         *_get_runs_args(job, None)),
+            "list_pending": await explain(conn, QUERIES["get_runs"].text,
+                                          *_get_runs_args(None, "pending")),
+            "list_failed": await explain(conn, QUERIES["get_runs"].text,
+                                         *_get_runs_args(None, "failed")),
+            "explain_facts_newest": await explain(conn, QUERIES["run_facts"].text, size,
+                                                  timedelta(seconds=60)),
+        }  # fmt: skip
+    finally:
+        await conn.close()
+    return out
+
+
+async def one_size(size: int, process: int, plans_dir: Path | None) -> dict[str, Any]:
+    await _common.recreate_db(DB)
+    dsn = await bench_extra.fresh(DB)
+    conn = await asyncpg.connect(dsn)
+    generated = await generate(conn, bench_extra.noop.name, size)
+    sizes = await bench_extra.relation_sizes(conn)
+    await conn.close()
+    claim = await bench_extra.explain_claim(dsn, capacity=100)
+    plans = await plans_at(dsn, bench_extra.noop.name, size)
+    processed = await bench_extra.process_first(dsn, min(process, size), 100, 120.0)
+    if plans_dir is not None:
+        plans_dir.mkdir(parents=True, exist_ok=True)
+        (plans_dir / f"{size}-claim.txt").write_text(claim.get("claim_plan", ""))
+        (plans_dir / f"{size}-complete.txt").write_text(claim.get("complete_plan", ""))
+        for name, (text, _) in plans.items():
+            (plans_dir / f"{size}-{name}.txt").write_text(text)
+    return {
+        "backlog": size, "generate_s": generated, "relation_bytes": sizes,
+        "claim_exec_ms": claim.get("claim_exec_ms"),
+        "complete_exec_ms": claim.get("complete_exec_ms"),
+        "claim_scans": claim.get("claim_scans"),
+        "plans_ms": {name: ms for name, (_, ms) in plans.items()},
+        "jobs_per_s": processed["jobs_per_s"], "processed": processed["jobs"],
+        "capped": processed["capped"], "verified": processed["verified"],
+    }  # fmt: skip
+
+
+PRUNE_GENERATE = """
+INSERT INTO asyncjobs.runs (id, job, queue, args, root_run_id, status, attempt, started_at,
+                            finished_at, result)
+SELECT g, 'noop', 'default', '{}', g, 'succeeded', 1, now() - interval '8 days',
+       now() - interval '8 days' + g * interval '1 ms', 'null'
+  FROM generate_series(1, $1::bigint) g;
+INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, at)
+SELECT g, g, k, now() - interval '8 days'
+  FROM generate_series(1, $1::bigint) g,
+       unnest(ARRAY['pending', 'running', 'log', 'succeeded']) k;
+"""
+
+
+async def prune_events(events: int) -> dict[str, Any]:
+    trees = events // 4
+    dsn = await bench_extra.fresh(DB)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            for statement in PRUNE_GENERATE.strip().split(";\n"):
+                await conn.execute(statement.rstrip(";"), trees)
+        for table in ("runs", "run_events"):
+            await conn.execute(f"VACUUM ANALYZE asyncjobs.{table}")
+        before = await bench_extra.relation_sizes(conn)
+        t0 = time.perf_counter()
+        async with bench_extra.app.client(dsn) as client:
+            result = await client.prune(timedelta(days=7))
+        seconds = time.perf_counter() - t0
+        left = await conn.fetchval("SELECT count(*) FROM asyncjobs.run_events")
+    finally:
+        await conn.close()
+    return {"events": trees * 4, "trees": trees, "deleted_trees": result.trees,
+            "deleted_events": result.events, "left_events": left, "seconds": round(seconds, 1),
+            "events_per_s": round(result.events / seconds), "relation_bytes_before": before}
+
+
+async def main(args: argparse.Namespace) -> None:
+    out: dict[str, Any] = {"uptime_before": os.popen("uptime").read().strip(), "sizes": []}
+    try:
+        for size in args.sizes:
+            row = await one_size(size, args.process, args.plans)
+            out["sizes"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.prune_events:
+            out["prune"] = await prune_events(args.prune_events)
+            print(json.dumps(out["prune"]), file=sys.stderr, flush=True)
+    finally:
+        conn = await asyncpg.connect(_common.dsn_for("postgres"))
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        await conn.close()
+    out["uptime_after"] = os.popen("uptime").read().strip()
+    print(json.dumps(out, indent=1))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000,5000000",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--process", type=int, default=20000, help="runs processed per size")
+    parser.add_argument("--prune-events", type=int, default=0)
+    parser.add_argument("--plans", type=Path, help="folder for the plans")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
