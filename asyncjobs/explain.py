@@ -18,6 +18,9 @@ from asyncjobs.runs import RunRecord, RunStatus, Trigger
 
 #: A worker whose heartbeat is older than this counts as gone (``Client.explain`` option).
 DEFAULT_WORKER_TTL = 30.0
+#: ready runs ahead of a pending one are counted up to here (queries.sql run_facts stops
+#: at one more): an exact count walks the queue, seconds behind a backlog of millions
+AHEAD_COUNTED = 10_000
 
 
 class ReasonCode(enum.StrEnum):
@@ -192,13 +195,18 @@ def _pending(facts: RunFacts) -> list[Reason]:
     if reasons:
         return reasons
     ahead = facts.ahead
+    data: dict[str, Any] = {"ahead": ahead, "queue": facts.run.queue}
+    counted = f"{ahead}"
+    if ahead > AHEAD_COUNTED:  # the query stops counting there
+        data.update(ahead=AHEAD_COUNTED, ahead_capped=True)
+        counted = f"more than {AHEAD_COUNTED}"
     return [
         Reason(
             ReasonCode.READY,
-            f"nothing holds it back; {ahead} ready run{'s' if ahead != 1 else ''} of queue "
+            f"nothing holds it back; {counted} ready run{'s' if ahead != 1 else ''} of queue "
             f"{facts.run.queue!r} come{'s' if ahead == 1 else ''} first, then the next worker "
             "with a free slot claims it",
-            {"ahead": ahead, "queue": facts.run.queue},
+            data,
         )
     ]
 

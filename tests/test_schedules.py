@@ -28,6 +28,7 @@ from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.runs import RunRecord
 from asyncjobs.scheduler import Scheduler
 from asyncjobs.schedules import MAX_CATCH_UP, MisfirePolicy, ScheduleState
+from tests.pgbouncer import Route
 
 pytestmark = pytest.mark.anyio
 
@@ -362,9 +363,9 @@ async def test_all_nodes_fires_one_copy_per_worker_per_tick(backend: Backend) ->
 # ---------------------------------------------------------------------- four processes
 
 
-def _start_worker(dsn: str, worker_id: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(dsn: str, route: Route, worker_id: str, log: Path) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "asyncjobs", "worker", "tests.sched_apps:app", "--dsn", dsn,
+        sys.executable, "-m", "asyncjobs", "worker", "tests.sched_apps:app", *route.cli_args(dsn),
         "--worker-id", worker_id, "--concurrency", "4", "--poll-interval", "0.2",
         "--drain-timeout", "5",
     ]  # fmt: skip
@@ -395,9 +396,12 @@ async def _fleet_until(dsn: str, workers: list[subprocess.Popen[bytes]], ticks: 
 
 
 @pytest.mark.slow
-async def test_four_worker_processes_fire_each_tick_exactly_once(dsn: str, tmp_path: Path) -> None:
+async def test_four_worker_processes_fire_each_tick_exactly_once(
+    dsn: str, route: Route, tmp_path: Path
+) -> None:
+    """Directly and through PgBouncer in transaction mode (``tests.pgbouncer``)."""
     ids = [f"proc-{n}" for n in range(4)]
-    workers = [_start_worker(dsn, w, tmp_path / f"{w}.log") for w in ids]
+    workers = [_start_worker(dsn, route, w, tmp_path / f"{w}.log") for w in ids]
     try:
         await _fleet_until(dsn, workers, ticks=12)
     finally:

@@ -531,7 +531,7 @@ SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
 -- What explain() needs about run $1 besides the run itself: the database clock, its job's and
 -- queue's switches and limits with their running counts, how many live workers (heartbeat
 -- within $2) serve its queue and know its job, whether its target worker is alive, how many
--- ready runs are ahead of it in its queue, and its own active children.
+-- ready runs are ahead of it in its queue (at most 10,001), and its own active children.
 SELECT now() AS now,
        j.name IS NOT NULL AS job_known,
        coalesce(j.enabled, true) AS job_enabled,
@@ -551,11 +551,14 @@ SELECT now() AS now,
        EXISTS (SELECT FROM asyncjobs.workers w
                 WHERE w.id = r.target_worker AND w.heartbeat_at > now() - $2::interval)
            AS target_alive,
-       (SELECT count(*) FROM asyncjobs.runs x
-         WHERE x.status = 'pending' AND x.queue = r.queue AND x.id <> r.id
-           AND x.not_before <= now() AND (x.not_after IS NULL OR x.not_after > now())
-           AND (x.priority > r.priority OR (x.priority = r.priority AND x.id < r.id)))
-           AS ahead,
+       -- counted up to 10,001 (explain.AHEAD_COUNTED + 1): an exact count is a walk of the
+       -- queue's pending index, seconds behind a backlog of millions
+       (SELECT count(*) FROM (
+            SELECT FROM asyncjobs.runs x
+             WHERE x.status = 'pending' AND x.queue = r.queue AND x.id <> r.id
+               AND x.not_before <= now() AND (x.not_after IS NULL OR x.not_after > now())
+               AND (x.priority > r.priority OR (x.priority = r.priority AND x.id < r.id))
+             LIMIT 10001) x) AS ahead,
        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
          WHERE c.parent_run_id = r.id AND c.root_run_id = r.root_run_id
            AND c.status IN ('pending', 'running')) AS active_children,
