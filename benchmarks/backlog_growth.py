@@ -14,7 +14,9 @@ For each ``--sizes`` backlog, in a private database (``bench_backlog``, dropped 
 ``--prune-events N`` then measures retention on N events: N/4 finished trace trees (one run,
 four events each) older than the cutoff, deleted by ``client.prune`` (500 trees a statement).
 
-Prints one JSON object; ``--plans DIR`` writes every plan as text. Needs the anchors' harness
+``--experiment NAME`` (repeatable) applies a schema change that is not in asyncjobs (see
+``EXPERIMENTS``) to the benchmark database, to measure what it would buy. Prints one JSON
+object; ``--plans DIR`` writes every plan as text. Needs the anchors' harness
 (``BENCH_HARNESS=/work/shared/bench-anchors``). Usage:
     python benchmarks/backlog_growth.py --sizes 10000,100000,1000000,5000000 --plans out/
 """
@@ -113,11 +115,29 @@ async def plans_at(dsn: str, job: str, size: int) -> dict[str, tuple[str, float]
     return out
 
 
-async def one_size(size: int, process: int, plans_dir: Path | None) -> dict[str, Any]:
+#: ``--experiment``: changes NOT in the schema, applied to the benchmark database only, to
+#: measure what a migration would buy
+EXPERIMENTS = {
+    # the generic plan of the claim estimates 10 % of the backlog per queue: above ~1M
+    # pending its cost passes jit_above_cost and every claim pays ~100 ms of JIT compilation
+    "claim_jit_off": "ALTER FUNCTION asyncjobs.claim_runs(text, text[], text[], integer, "
+                     "interval) SET jit = off",
+    # the dashboard's page of runs by a rare status walks the primary key backwards
+    "status_index": "CREATE INDEX runs_status_id_idx ON asyncjobs.runs (status, id)",
+}
+
+
+async def one_size(
+    size: int, process: int, plans_dir: Path | None, experiments: list[str]
+) -> dict[str, Any]:
     await _common.recreate_db(DB)
     dsn = await bench_extra.fresh(DB)
     conn = await asyncpg.connect(dsn)
     generated = await generate(conn, bench_extra.noop.name, size)
+    for name in experiments:
+        await conn.execute(EXPERIMENTS[name])
+    if experiments:
+        await conn.execute("ANALYZE asyncjobs.runs")
     sizes = await bench_extra.relation_sizes(conn)
     await conn.close()
     claim = await bench_extra.explain_claim(dsn, capacity=100)
@@ -125,12 +145,13 @@ async def one_size(size: int, process: int, plans_dir: Path | None) -> dict[str,
     processed = await bench_extra.process_first(dsn, min(process, size), 100, 120.0)
     if plans_dir is not None:
         plans_dir.mkdir(parents=True, exist_ok=True)
-        (plans_dir / f"{size}-claim.txt").write_text(claim.get("claim_plan", ""))
-        (plans_dir / f"{size}-complete.txt").write_text(claim.get("complete_plan", ""))
+        tag = "".join(f"-{name}" for name in experiments)
+        (plans_dir / f"{size}{tag}-claim.txt").write_text(claim.get("claim_plan", ""))
+        (plans_dir / f"{size}{tag}-complete.txt").write_text(claim.get("complete_plan", ""))
         for name, (text, _) in plans.items():
-            (plans_dir / f"{size}-{name}.txt").write_text(text)
+            (plans_dir / f"{size}{tag}-{name}.txt").write_text(text)
     return {
-        "backlog": size, "generate_s": generated, "relation_bytes": sizes,
+        "backlog": size, "experiments": experiments, "generate_s": generated, "relation_bytes": sizes,
         "claim_exec_ms": claim.get("claim_exec_ms"),
         "complete_exec_ms": claim.get("complete_exec_ms"),
         "claim_scans": claim.get("claim_scans"),
@@ -180,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"uptime_before": os.popen("uptime").read().strip(), "sizes": []}
     try:
         for size in args.sizes:
-            row = await one_size(size, args.process, args.plans)
+            row = await one_size(size, args.process, args.plans, args.experiment)
             out["sizes"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         if args.prune_events:
@@ -201,6 +222,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--process", type=int, default=20000, help="runs processed per size")
     parser.add_argument("--prune-events", type=int, default=0)
     parser.add_argument("--plans", type=Path, help="folder for the plans")
+    parser.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS))
     return parser.parse_args()
 
 

@@ -53,7 +53,7 @@ def _free_port() -> int:
         return port
 
 
-def _ini(target_host: str, target_port: int, port: int, folder: Path) -> str:
+def _ini(target_host: str, target_port: int, port: int, folder: Path, pool_size: int) -> str:
     return f"""\
 [databases]
 * = host={target_host} port={target_port}
@@ -65,24 +65,28 @@ unix_socket_dir =
 auth_type = trust
 auth_file = {folder}/userlist.txt
 pool_mode = transaction
-default_pool_size = {POOL_SIZE}
+default_pool_size = {pool_size}
 max_client_conn = 2000
 logfile = {folder}/pgbouncer.log
 pidfile = {folder}/pgbouncer.pid
 ; asyncpg sends nothing PgBouncer does not track; psql and others may
 ignore_startup_parameters = extra_float_digits,options
+; a line per login would be thousands in the kill -9 and many-worker runs
+log_connections = 0
+log_disconnections = 0
 """
 
 
 class PgBouncer:
     """One pgbouncer process in front of the server of ``target_dsn``; a context manager."""
 
-    def __init__(self, target_dsn: str) -> None:
+    def __init__(self, target_dsn: str, pool_size: int = POOL_SIZE) -> None:
         binary = pgbouncer_binary()
         if binary is None:
             raise RuntimeError("pgbouncer is not installed (apt-get install pgbouncer)")
         self._binary = binary
         self._target = urlsplit(target_dsn)
+        self.pool_size = pool_size
         self.port = 0
         self.folder: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -101,7 +105,7 @@ class PgBouncer:
         ini = self.folder / "pgbouncer.ini"
         ini.write_text(
             _ini(self._target.hostname or "127.0.0.1", self._target.port or 5432, self.port,
-                 self.folder)
+                 self.folder, self.pool_size)
         )  # fmt: skip
         command = [self._binary, str(ini)]
         if os.geteuid() == 0:  # "PgBouncer should not run as root"
@@ -110,7 +114,10 @@ class PgBouncer:
             for path in self.folder.iterdir():
                 os.chown(path, account.pw_uid, account.pw_gid)
             command[1:1] = ["-u", _RUN_AS]
-        self._proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # a file, never a pipe: nobody reads a pipe while the tests run, and pgbouncer (which
+        # logs to stderr too) would block on a full one, with every connection through it
+        with (self.folder / "stderr.log").open("wb") as out:
+            self._proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         self._wait_ready()
         return self
 
@@ -128,13 +135,11 @@ class PgBouncer:
         raise RuntimeError(f"pgbouncer did not listen within {_START_TIMEOUT} s:\n{self.log()}")
 
     def log(self) -> str:
-        out = b""
-        proc = self._proc
-        if proc is not None and proc.stdout is not None and proc.poll() is not None:
-            out = proc.stdout.read()
-        path = self.folder / "pgbouncer.log" if self.folder else None
-        text = path.read_text(errors="replace") if path and path.exists() else ""
-        return out.decode(errors="replace") + text[-4000:]
+        """The end of what pgbouncer wrote (for error messages)."""
+        if self.folder is None:
+            return ""
+        paths = [self.folder / "stderr.log", self.folder / "pgbouncer.log"]
+        return "".join(p.read_text(errors="replace")[-4000:] for p in paths if p.exists())
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -145,8 +150,6 @@ class PgBouncer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
