@@ -124,6 +124,10 @@ EXPERIMENTS = {
                      "interval) SET jit = off",
     # the dashboard's page of runs by a rare status walks the primary key backwards
     "status_index": "CREATE INDEX runs_status_id_idx ON asyncjobs.runs (status, id)",
+    # deleting a run fires its ON DELETE SET NULL foreign key (parent_run_id), which looks
+    # for children: without an index, a sequential scan of runs per deleted run
+    "parent_index": "CREATE INDEX runs_parent_idx ON asyncjobs.runs (parent_run_id)"
+                    " WHERE parent_run_id IS NOT NULL",
 }
 
 
@@ -174,7 +178,9 @@ SELECT g, g, k, now() - interval '8 days'
 """
 
 
-async def prune_events(events: int) -> dict[str, Any]:
+async def prune_events(events: int, experiments: list[str], batches: int) -> dict[str, Any]:
+    """``events`` events in events/4 finished trees; the time of each of the first
+    ``batches`` prune statements (500 trees each), then of the rest when ``batches`` is 0."""
     trees = events // 4
     dsn = await bench_extra.fresh(DB)
     conn = await asyncpg.connect(dsn)
@@ -182,30 +188,43 @@ async def prune_events(events: int) -> dict[str, Any]:
         async with conn.transaction():
             for statement in PRUNE_GENERATE.strip().split(";\n"):
                 await conn.execute(statement.rstrip(";"), trees)
+        for name in experiments:
+            await conn.execute(EXPERIMENTS[name])
         for table in ("runs", "run_events"):
             await conn.execute(f"VACUUM ANALYZE asyncjobs.{table}")
         before = await bench_extra.relation_sizes(conn)
-        t0 = time.perf_counter()
+        cutoff = await conn.fetchval("SELECT now() - interval '7 days'")
         async with bench_extra.app.client(dsn) as client:
-            result = await client.prune(timedelta(days=7))
-        seconds = time.perf_counter() - t0
+            statements: list[float] = []
+            t0 = time.perf_counter()
+            while batches == 0 or len(statements) < batches:
+                t1 = time.perf_counter()
+                done = await client.backend.prune(cutoff, 500)
+                statements.append(round((time.perf_counter() - t1) * 1000, 1))
+                if done.trees < 500:
+                    break
+            seconds = time.perf_counter() - t0
         left = await conn.fetchval("SELECT count(*) FROM asyncjobs.run_events")
     finally:
         await conn.close()
-    return {"events": trees * 4, "trees": trees, "deleted_trees": result.trees,
-            "deleted_events": result.events, "left_events": left, "seconds": round(seconds, 1),
-            "events_per_s": round(result.events / seconds), "relation_bytes_before": before}
+    deleted = trees * 4 - left
+    return {"events": trees * 4, "trees": trees, "experiments": experiments,
+            "statements": len(statements), "statement_ms_first": statements[:5],
+            "statement_ms_median": sorted(statements)[len(statements) // 2],
+            "deleted_events": deleted, "left_events": left, "seconds": round(seconds, 1),
+            "events_per_s": round(deleted / seconds), "relation_bytes_before": before}
 
 
 async def main(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"uptime_before": os.popen("uptime").read().strip(), "sizes": []}
     try:
-        for size in args.sizes:
+        for size in args.sizes if args.sizes != [0] else []:
             row = await one_size(size, args.process, args.plans, args.experiment)
             out["sizes"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         if args.prune_events:
-            out["prune"] = await prune_events(args.prune_events)
+            out["prune"] = await prune_events(args.prune_events, args.experiment,
+                                              args.prune_batches)
             print(json.dumps(out["prune"]), file=sys.stderr, flush=True)
     finally:
         conn = await asyncpg.connect(_common.dsn_for("postgres"))
@@ -221,6 +240,8 @@ def parse_args() -> argparse.Namespace:
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--process", type=int, default=20000, help="runs processed per size")
     parser.add_argument("--prune-events", type=int, default=0)
+    parser.add_argument("--prune-batches", type=int, default=0,
+                        help="time only the first N prune statements (0: prune everything)")
     parser.add_argument("--plans", type=Path, help="folder for the plans")
     parser.add_argument("--experiment", action="append", default=[], choices=sorted(EXPERIMENTS))
     return parser.parse_args()
