@@ -86,7 +86,7 @@ async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[str
 def _enqueue_args(job: str, n: int) -> list[Any]:
     return [[job] * n, ["default"] * n, [json.dumps({"i": i}) for i in range(n)], [0] * n,
             [None] * n, [None] * n, [None] * n, [1] * n, [None] * n, [None] * n, ["user"] * n,
-            [0] * n]  # fmt: skip
+            [0] * n, [None] * n]  # fmt: skip
 
 
 def _get_runs_args(job: str | None, status: str | None) -> list[Any]:
