@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -37,10 +37,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_extra  # noqa: E402
-from bench_extra import _common  # noqa: E402
+import bench_extra
+from bench_extra import _common
 
-from asyncjobs.sql import QUERIES  # noqa: E402
+from asyncjobs.sql import QUERIES
 
 DB = "bench_backlog"
 
@@ -131,6 +131,18 @@ EXPERIMENTS = {
 }
 
 
+def _write_plans(
+    folder: Path, size: int, experiments: list[str], claim: dict[str, Any],
+    plans: dict[str, tuple[str, float]],
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = "".join(f"-{name}" for name in experiments)
+    (folder / f"{size}{tag}-claim.txt").write_text(claim.get("claim_plan", ""))
+    (folder / f"{size}{tag}-complete.txt").write_text(claim.get("complete_plan", ""))
+    for name, (text, _) in plans.items():
+        (folder / f"{size}{tag}-{name}.txt").write_text(text)
+
+
 async def one_size(
     size: int, process: int, plans_dir: Path | None, experiments: list[str]
 ) -> dict[str, Any]:
@@ -148,14 +160,10 @@ async def one_size(
     plans = await plans_at(dsn, bench_extra.noop.name, size)
     processed = await bench_extra.process_first(dsn, min(process, size), 100, 120.0)
     if plans_dir is not None:
-        plans_dir.mkdir(parents=True, exist_ok=True)
-        tag = "".join(f"-{name}" for name in experiments)
-        (plans_dir / f"{size}{tag}-claim.txt").write_text(claim.get("claim_plan", ""))
-        (plans_dir / f"{size}{tag}-complete.txt").write_text(claim.get("complete_plan", ""))
-        for name, (text, _) in plans.items():
-            (plans_dir / f"{size}{tag}-{name}.txt").write_text(text)
+        await asyncio.to_thread(_write_plans, plans_dir, size, experiments, claim, plans)
     return {
-        "backlog": size, "experiments": experiments, "generate_s": generated, "relation_bytes": sizes,
+        "backlog": size, "experiments": experiments, "generate_s": generated,
+        "relation_bytes": sizes,
         "claim_exec_ms": claim.get("claim_exec_ms"),
         "complete_exec_ms": claim.get("complete_exec_ms"),
         "claim_scans": claim.get("claim_scans"),
@@ -215,8 +223,12 @@ async def prune_events(events: int, experiments: list[str], batches: int) -> dic
             "events_per_s": round(deleted / seconds), "relation_bytes_before": before}
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 async def main(args: argparse.Namespace) -> None:
-    out: dict[str, Any] = {"uptime_before": os.popen("uptime").read().strip(), "sizes": []}
+    out: dict[str, Any] = {"uptime_before": await asyncio.to_thread(_uptime), "sizes": []}
     try:
         for size in args.sizes if args.sizes != [0] else []:
             row = await one_size(size, args.process, args.plans, args.experiment)
@@ -230,7 +242,7 @@ async def main(args: argparse.Namespace) -> None:
         conn = await asyncpg.connect(_common.dsn_for("postgres"))
         await conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
         await conn.close()
-    out["uptime_after"] = os.popen("uptime").read().strip()
+    out["uptime_after"] = await asyncio.to_thread(_uptime)
     print(json.dumps(out, indent=1))
 
 

@@ -119,14 +119,16 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, logs: Path) -> dic
     total = await _queue(direct, args)
     deadlocks0 = await obs.fetchval(
         "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-    bouncer = PgBouncer(pg.dsn, pool_size=args.server_pool).start() if args.route == "pgbouncer" else None
+    pooled = args.route == "pgbouncer"
+    bouncer = PgBouncer(pg.dsn, pool_size=args.server_pool).start() if pooled else None
     dsn = bouncer.via(direct) if bouncer else direct
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample(direct, stop))
     t0 = time.monotonic()
     workers = [_start(args, dsn, direct, n, logs) for n in range(args.workers)]
     try:
-        while await obs.fetchval("SELECT count(*) FROM asyncjobs.runs WHERE status = 'succeeded'") < total:
+        done = "SELECT count(*) FROM asyncjobs.runs WHERE status = 'succeeded'"
+        while await obs.fetchval(done) < total:
             assert all(w.poll() is None for w in workers), "a worker died"
             assert time.monotonic() - t0 < args.timeout, "not done in time"
             await asyncio.sleep(0.1)
@@ -148,8 +150,10 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, logs: Path) -> dic
     rows = await obs.fetch("SELECT * FROM public.intervals")
     await obs.close()
     intervals = [Interval(**r) for r in rows]
-    overlaps = {name: max_overlap([i for i in intervals if (i.job if kind == "job" else i.queue) == name])
-                for name, (kind, _) in LIMITS.items()}  # fmt: skip
+    overlaps = {
+        name: max_overlap([i for i in intervals if (i.job if kind == "job" else i.queue) == name])
+        for name, (kind, _) in LIMITS.items()
+    }
     n = len(samples)
     return {
         "route": args.route, "workers": args.workers, "concurrency": args.concurrency,
@@ -161,7 +165,8 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, logs: Path) -> dic
         "deadlocks": deadlocks, "exit_codes": sorted(set(codes)), "samples": n,
         "advisory_waiters": {"mean": round(sum(s["advisory"] for s in samples) / n, 2),
                              "max": max(s["advisory"] for s in samples),
-                             "share_of_samples": round(sum(1 for s in samples if s["advisory"]) / n, 3)},
+                             "share_of_samples":
+                                 round(sum(1 for s in samples if s["advisory"]) / n, 3)},
         "lock_waiters_max": max(s["any_lock"] for s in samples),
         "active_max": max(s["active"] for s in samples),
         "server_connections_peak": {k: max(s[k] for s in samples)
