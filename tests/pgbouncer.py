@@ -15,6 +15,7 @@ the server (``listen_dsn``). Without ``pgbouncer`` installed, the pooled variant
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import pwd
 import shutil
@@ -100,7 +101,8 @@ class PgBouncer:
     def start(self) -> PgBouncer:
         self.folder = Path(tempfile.mkdtemp(prefix="asyncjobs-pgbouncer-"))
         self.port = _free_port()
-        user = self._target.username or "postgres"
+        # the user clients log in as: the DSN's, else (like libpq and asyncpg) the OS user's
+        user = self._target.username or getpass.getuser()
         (self.folder / "userlist.txt").write_text(f'"{user}" ""\n')
         ini = self.folder / "pgbouncer.ini"
         ini.write_text(
