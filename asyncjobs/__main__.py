@@ -84,6 +84,10 @@ def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen-dsn", help="direct DSN for LISTEN when --dsn is a pooler")
     parser.add_argument("--concurrency", type=int, default=10, help="jobs at once (default 10)")
     parser.add_argument("--queues", help="comma-separated queues (default: all of the app's)")
+    parser.add_argument("--completion-backlog", type=int, metavar="N",
+                        help="finished runs that may await their stored completion while the "
+                        "worker claims more; it stops claiming beyond that (default: "
+                        "--concurrency)")
     parser.add_argument("--drain-timeout", type=float, default=20.0,
                         help="seconds running jobs get to finish on SIGTERM (default 20)")
     parser.add_argument("--lease", type=float, default=20.0,
@@ -111,6 +115,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     worker = app.worker(
         _database(args),
         concurrency=args.concurrency,
+        completion_backlog=args.completion_backlog,
         queues=args.queues.split(",") if args.queues else None,
         drain_timeout=args.drain_timeout,
         lease=args.lease,

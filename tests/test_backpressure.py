@@ -136,3 +136,25 @@ def test_completion_backlog_must_be_positive() -> None:
     app, _ = _app()
     with pytest.raises(ConfigurationError, match="completion_backlog"):
         Worker(app, "postgresql://unused", completion_backlog=0)
+
+
+def test_the_cli_flag_reaches_the_worker(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``asyncjobs worker --completion-backlog N`` builds its Worker with N (default:
+    ``--concurrency``); a bad N is the Worker's typed error, printed, exit code 1."""
+    from asyncjobs.__main__ import main
+
+    built: list[tuple[int, int]] = []
+
+    async def run(self: Worker) -> None:  # the constructed worker, not started
+        built.append((self.concurrency, self.completion_backlog))
+
+    monkeypatch.setattr(Worker, "run", run)
+    base = ["worker", "tests.test_retention:app", "--dsn", "postgresql://unused",
+            "--concurrency", "4"]  # fmt: skip
+    assert main([*base, "--completion-backlog", "32"]) == 0
+    assert main(base) == 0
+    assert built == [(4, 32), (4, 4)]
+    assert main([*base, "--completion-backlog", "0"]) == 1
+    assert "completion_backlog must be at least 1" in capsys.readouterr().err
