@@ -210,6 +210,7 @@ export function renderTrace(view, runId, setLive) {
     getJSON(`api/runs/${run.id}/explain`).then((data) => {
       if (why.key !== key) return;
       why.data = data;
+      why.fetched = Date.now(); // the countdowns count from here (the database's clock may differ)
       render();
     }).catch(() => {});
   }
@@ -222,7 +223,38 @@ export function renderTrace(view, runId, setLive) {
       h("h2", {}, title),
       data.reasons.map((r) => h("div", { class: "reason", dataset: { code: r.code } },
         h("span", { class: "code" }, r.code),
-        h("span", {}, r.message, holders(r.data.holders)))));
+        h("span", {}, r.message, reasonFacts(r)))));
+  }
+
+  // What a reason names, as links and times a person acts on.
+  function reasonFacts(r) {
+    const d = r.data || {};
+    if (r.code === "key_limit_full") {
+      return [h("div", { class: "facts" }, "key ", h("b", { class: "mono key" }, String(d.key)),
+        ` — ${d.running} of ${d.limit} running`), holders(d.holders)];
+    }
+    if (r.code === "rate_limited") return nextStart(d);
+    if (r.code === "reused_children") return runLinks("reused at their steps: ", d.children);
+    if (r.code === "waiting_on_children") return runLinks("waits on ", d.children);
+    return holders(d.holders);
+  }
+
+  // The next start a rate limit allows: the local time and a countdown. The countdown counts
+  // from the server's "seconds from now" at fetch time, so a skewed browser clock cannot
+  // shift it; the panel re-renders every 500 ms while the trace is live.
+  function nextStart(d) {
+    const at = parseTime(d.next_start_at);
+    if (at === null) return null;
+    const left = (why.fetched ?? Date.now()) + d.seconds * 1000 - Date.now();
+    return h("div", { class: "facts next-start" }, `${d.kind} ${d.name}: next start allowed at `,
+      h("b", { title: dateTime(at) }, clock(at)), " ",
+      h("span", { class: "countdown" }, left > 0 ? `(in ${duration(left)})` : "(now: waits for a worker's next claim)"));
+  }
+
+  function runLinks(label, ids) {
+    if (!Array.isArray(ids) || !ids.length) return null;
+    return h("div", { class: "facts children" }, label, ids.slice(0, 20).map((id, i) => [i ? ", " : "",
+      h("a", { href: `#/runs/${id}` }, `#${id}`)]), ids.length > 20 ? ` and ${ids.length - 20} more` : "");
   }
 
   // The runs holding a full limit's slots, as links into their traces.
