@@ -10,7 +10,12 @@ Phases (``--phases``, comma separated; every phase starts from a fresh database)
              a worker (c=10) runs in this process. ``--sse-runs`` runs are triggered on a
              fixed grid; lag = time a client reads the event line − time just before the state
              change: the trigger call for ``pending`` events, the job function's return (the
-             completion is queued right after it) for ``succeeded`` events.
+             completion is queued right after it) for ``succeeded`` events. With
+             ``--sse-views``, headless Chromium (Playwright, /usr/bin/chromium) keeps the
+             dashboard's views open during the measurement, as browser tabs would: Runs,
+             Queues, Workers, Schedules and the trace page of a run that stays pending (so its
+             "why pending" panel polls ``explain``); every view polls at its own interval.
+             ``--sse-views http``: the same polls and streams from httpx, without a browser.
   growth     for each ``--growth-sizes`` backlog: bulk-insert the backlog through the public
              API (``trigger_many``, 5,000 runs a call), ANALYZE, capture the plans of the
              claim (auto_explain of the statements inside ``asyncjobs.claim_runs``, after 5
@@ -43,6 +48,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +238,34 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (from /proc: the browser the Playwright driver started)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of the processes under ``pid`` that are alive now."""
+    total = 0.0
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += proc_cpu_seconds(child)
+    return total
+
+
 class SseClient:
     """One subscriber: records (arrival time, raw data line); parsing waits until the end so
     that the 100 clients sharing this event loop do not delay each other's reads."""
@@ -286,14 +320,130 @@ async def stop_dashboard_process(proc: Any) -> None:
         await proc.wait()
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # as tests/test_web_browser.py launches it
+# the views a person keeps open: the hash routes of asyncjobs/web/static/main.js
+VIEW_ROUTES = ("#/", "#/queues", "#/workers", "#/schedules")
+
+
+def views_available() -> str | None:
+    """None when headless Chromium can be driven, else why not."""
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError as exc:
+        return f"playwright not importable: {exc}"
+    if not Path(CHROMIUM).exists():
+        return f"no browser at {CHROMIUM}"
+    return None
+
+
+class OpenViews:
+    """Browser tabs on the dashboard: one page per view plus a trace page, each left to poll
+    and stream exactly as the view's own code does. Counts the requests they make while the
+    benchmark measures (``mark()`` .. ``result()``) and any script error."""
+
+    def __init__(self, base: str, trace_run_id: int) -> None:
+        self.urls = [base + route for route in VIEW_ROUTES] + [f"{base}#/runs/{trace_run_id}"]
+        self.requests: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.counting = False
+        self._stack = contextlib.AsyncExitStack()
+
+    def _on_request(self, request: Any) -> None:
+        if self.counting:
+            path = request.url.split("?", 1)[0].split("/api/", 1)[-1]
+            self.requests[path] = self.requests.get(path, 0) + 1
+
+    async def __aenter__(self) -> OpenViews:
+        from playwright.async_api import async_playwright
+
+        playwright = await self._stack.enter_async_context(async_playwright())
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        self._stack.push_async_callback(browser.close)
+        for url in self.urls:
+            page = await browser.new_page(viewport={"width": 1400, "height": 860})
+            page.on("request", self._on_request)
+            page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+            await page.goto(url, wait_until="load")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def result(self, wall_s: float) -> dict[str, Any]:
+        return {"pages": self.urls, "api_requests": dict(sorted(self.requests.items())),
+                "api_requests_per_s": round(sum(self.requests.values()) / wall_s, 2),
+                "problems": self.problems[:5]}
+
+
+# The same traffic without a browser: what asyncjobs/web/static/*.js polls and streams
+# (path under api/, seconds between polls; None: an SSE stream held open), for a trace page
+# of run {run}. Separates the server's cost of the views from the browser's CPU.
+VIEW_TRAFFIC = (
+    ("events?limit=50&roots=1", None),  # runs.js: the runs table's stream
+    ("activity?window=3600", 5.0),  # queues.js
+    ("workers", 5.0),  # workers.js
+    ("schedules", 5.0),  # schedules.js
+    ("runs/{run}/events", None),  # trace.js: the trace's stream
+    ("runs/{run}/explain", 3.0),  # trace.js: "why pending" of a run not finished
+)
+
+
+class PolledViews:
+    """``OpenViews`` as plain HTTP: each view's polls at its interval, its streams drained."""
+
+    def __init__(self, http: Any, base: str, trace_run_id: int) -> None:
+        self.http, self.base, self.run = http, base, trace_run_id
+        self.requests: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.counting = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _poll(self, path: str, every: float) -> None:
+        while True:
+            resp = await self.http.get(self.base + "api/" + path)
+            if resp.status_code != 200:
+                self.problems.append(f"{path}: HTTP {resp.status_code}")
+            if self.counting:
+                key = path.split("?", 1)[0]
+                self.requests[key] = self.requests.get(key, 0) + 1
+            await asyncio.sleep(every)
+
+    async def _stream(self, path: str) -> None:
+        async with self.http.stream("GET", self.base + "api/" + path) as resp:
+            async for _line in resp.aiter_lines():
+                pass
+
+    async def __aenter__(self) -> PolledViews:
+        for path, every in VIEW_TRAFFIC:
+            path = path.format(run=self.run)
+            work = self._stream(path) if every is None else self._poll(path, every)
+            self._tasks.append(asyncio.create_task(work))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def result(self, wall_s: float) -> dict[str, Any]:
+        return {"pages": "http pollers", "api_requests": dict(sorted(self.requests.items())),
+                "api_requests_per_s": round(sum(self.requests.values()) / wall_s, 2),
+                "problems": self.problems[:5]}
+
+
 async def phase_sse_lag(clients: int, runs: int, interval_s: float,
-                        concurrency: int) -> dict[str, Any]:
-    why_not = dashboard_available()
+                        concurrency: int, views: str | None = None) -> dict[str, Any]:
+    """``views``: None, "browser" (``OpenViews``) or "http" (``PolledViews``)."""
+    why_not = dashboard_available() or (views_available() if views == "browser" else None)
     if why_not is not None:
         return {"skipped": why_not, "verified": False}
     import httpx
     import orjson
 
+    load_before = os.getloadavg()
     dsn = await fresh(DB)
     proc, base = await start_dashboard_process(dsn, max_streams=clients + 10)
     returned: dict[int, float] = {}
@@ -303,9 +453,16 @@ async def phase_sse_lag(clients: int, runs: int, interval_s: float,
     limits = httpx.Limits(max_connections=clients + 10, max_keepalive_connections=clients + 10)
     before: dict[int, float] = {}  # run id -> time just before its trigger call
     index_of: dict[int, int] = {}  # run id -> i
+    open_views: OpenViews | PolledViews | None = None
     try:
         async with httpx.AsyncClient(timeout=None, limits=limits) as http, \
-                app.client(dsn) as client:
+                app.client(dsn) as client, contextlib.AsyncExitStack() as stack:
+            if views:  # a run that stays pending: its trace page polls "why pending"
+                parked = await client.trigger_json(noop, {"i": -2},
+                                                   not_before=timedelta(hours=1))
+                shown = (OpenViews(base, parked.id) if views == "browser"
+                         else PolledViews(http, base, parked.id))
+                open_views = await stack.enter_async_context(shown)
             tasks = [asyncio.create_task(s.run(http, base + "api/events")) for s in subs]
             await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in subs)), 60)
             # warm-up: every client has seen an event of a run triggered after it connected
@@ -316,6 +473,9 @@ async def phase_sse_lag(clients: int, runs: int, interval_s: float,
             await asyncio.sleep(1.0)
             server_cpu0 = proc_cpu_seconds(proc.pid)
             meter = _common.CpuMeter().start()
+            browser_cpu0 = tree_cpu_seconds(os.getpid()) - proc_cpu_seconds(proc.pid)
+            if open_views is not None:
+                open_views.counting = True
             t0 = time.perf_counter()
             for i in range(runs):
                 delay = t0 + i * interval_s - time.perf_counter()
@@ -331,6 +491,11 @@ async def phase_sse_lag(clients: int, runs: int, interval_s: float,
                 await asyncio.wait_for(asyncio.gather(*(s.marked.wait() for s in subs)), 30)
             cpu = meter.stop()
             server_cpu = proc_cpu_seconds(proc.pid) - server_cpu0
+            views_seen = open_views.result(cpu["wall_s"]) if open_views is not None else None
+            # the browser: everything this process started but the dashboard (and its threads)
+            browser_cpu = tree_cpu_seconds(os.getpid()) - proc_cpu_seconds(proc.pid) - browser_cpu0
+            if views_seen is not None:
+                views_seen["browser_cores"] = round(browser_cpu / cpu["wall_s"], 2)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -364,8 +529,12 @@ async def phase_sse_lag(clients: int, runs: int, interval_s: float,
         "delivered_pending": len(lag_pending), "delivered_succeeded": len(lag_succeeded),
         "expected_per_kind": expected, "sse_messages": messages,
         "http_status": sorted({s.status for s in subs if s.status is not None}),
-        "verified": len(lag_pending) == expected and len(lag_succeeded) == expected,
+        "verified": (len(lag_pending) == expected and len(lag_succeeded) == expected
+                     and (views_seen is None or not views_seen["problems"])),
         "cpu": cpu, "dashboard_process_cores": round(server_cpu / cpu["wall_s"], 2),
+        "views": views_seen,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -673,6 +842,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sse-clients", type=int, default=100)
     p.add_argument("--sse-runs", type=int, default=100)
     p.add_argument("--sse-interval-ms", type=float, default=50.0)
+    p.add_argument("--sse-views", nargs="?", const="browser", choices=["browser", "http"],
+                   help="sse_lag: keep the dashboard's views open in headless Chromium "
+                   "(browser, the default) or poll what they poll (http)")
     p.add_argument("--growth-sizes", default="10000,100000,1000000")
     p.add_argument("--growth-process", type=int, default=10_000)
     p.add_argument("--growth-concurrency", type=int, default=100)
@@ -716,7 +888,8 @@ async def run_phases(args: argparse.Namespace) -> dict[str, Any]:
         note("run_async", await phase_run_async(args.run_async_calls, args.run_async_concurrency))
     if "sse_lag" in phases:
         note("sse_lag", await phase_sse_lag(args.sse_clients, args.sse_runs,
-                                            args.sse_interval_ms / 1000, 10))
+                                            args.sse_interval_ms / 1000, 10,
+                                            views=args.sse_views))
     if "growth" in phases:
         sizes = [int(x) for x in args.growth_sizes.split(",") if x]
         note("growth", await phase_growth(sizes, args.growth_process, args.growth_concurrency,
