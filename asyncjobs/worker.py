@@ -125,6 +125,7 @@ class WorkerStats:
     held_peak: int = 0
     #: claims skipped because the completion backlog was full
     throttled: int = 0
+    #: runs claimed, by job name
     by_job: dict[str, int] = field(default_factory=dict)
 
 
@@ -535,6 +536,7 @@ class Worker:
     def _start(self, record: RunRecord) -> None:
         self._slots.take()
         self.stats.claimed += 1
+        self.stats.by_job[record.job] = self.stats.by_job.get(record.job, 0) + 1
         execution = _Execution(record)
         self._running[record.id] = execution
         self.stats.held_peak = max(self.stats.held_peak, self.held)

@@ -202,6 +202,7 @@ async def test_worker_endpoint_counts_its_runs(dsn: str) -> None:
                 await http.get(worker.metrics_url)
     labels = (("job", "work"), ("queue", "default"))
     assert samples[("asyncjobs_runs_started_total", labels)] == 5 == worker.stats.claimed
+    assert worker.stats.by_job == {"work": 5}
     succeeded = samples[("asyncjobs_runs_finished_total", (*labels, ("status", "succeeded")))]
     failed = samples[("asyncjobs_runs_finished_total", (*labels, ("status", "failed")))]
     assert (succeeded, failed) == (4, 1) == (worker.stats.succeeded, worker.stats.failed)
