@@ -16,7 +16,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from asyncjobs import App, Client
-from asyncjobs.web.routes import Api
 from tests.web_support import dashboard, wait_for, web_app
 
 pytestmark = pytest.mark.anyio
@@ -187,26 +186,6 @@ async def test_cancel_and_enable_disable(api: ApiFixture) -> None:
 
 async def _status_is(client: Client, run_id: int, status: str) -> bool:
     return bool((await client.get_run(run_id)).status.value == status)
-
-
-async def test_openapi_describes_exactly_the_api_routes(api: ApiFixture) -> None:
-    app, _, http = api
-    document = (await http.get("/api/openapi.json")).json()
-    assert document["openapi"].startswith("3.1")
-    routes = Api(None).routes()  # type: ignore[arg-type]
-    described = {
-        (path, method.upper()) for path, item in document["paths"].items() for method in item
-    }
-    served = {
-        (route.path.replace(":int", ""), method)
-        for route in routes
-        if isinstance(route, Route) and route.path.startswith("/api/")
-        for method in (route.methods or set()) - {"HEAD"}
-    }
-    assert described == served
-    assert set(document["components"]["schemas"]) >= {f"args.{name}" for name in app.jobs}
-    leaf = document["components"]["schemas"]["args.leaf"]
-    assert leaf["properties"]["n"]["type"] == "integer"
 
 
 async def test_mounted_in_a_starlette_app_with_or_without_its_lifespan(dsn: str) -> None:

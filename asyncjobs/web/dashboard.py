@@ -18,15 +18,14 @@ from starlette.applications import Starlette
 from asyncjobs.backends.base import Backend
 from asyncjobs.web.broadcast import Broadcaster
 from asyncjobs.web.http import EXCEPTION_HANDLERS
+from asyncjobs.web.redaction import Redactor
 from asyncjobs.web.routes import Api
 from asyncjobs.web.security import Receive, Scope, SecurityMiddleware, Send
-from asyncjobs.web.serialize import Redactor
 from asyncjobs.web.settings import DashboardSettings
 
 if TYPE_CHECKING:
     from asyncjobs.app import App
     from asyncjobs.client import Client
-
 
 
 class DashboardState:

@@ -1,77 +1,267 @@
 """The OpenAPI 3.1 description of the dashboard's HTTP API, served at ``/api/openapi.json``.
 
-Written out rather than derived from the routes, so it can say what each endpoint means; a
-test checks that it names exactly the routes there are. The trigger endpoint's body schema
-is each job's own argument schema (``job.args.json_schema()``, redaction marked).
+Generated: the component schemas are the response and request models' JSON schemas
+(``asyncjobs/web/models.py``, which the handlers send), the paths and their parameters come
+from the route table, and ``OPERATIONS`` below adds what a route cannot say by itself: what
+it means, its query parameters (as a model), its body and its status codes. A served route
+without an entry here makes the document fail to build. The trigger endpoint's argument
+schemas are each job's own (``job.args.json_schema()``, redaction marked) as ``args.<job>``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from asyncjobs.runs import RunStatus, Trigger
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.convertors import FloatConvertor, IntegerConvertor
+from starlette.routing import BaseRoute, Route
+
+from asyncjobs.web import models
+from asyncjobs.web.queries import (
+    ActivityQuery,
+    FeedQuery,
+    RunEventsQuery,
+    RunsQuery,
+    TreeQuery,
+    WorkersQuery,
+)
 
 if TYPE_CHECKING:
     from asyncjobs.app import App
-    from asyncjobs.web.serialize import Redactor
+    from asyncjobs.web.redaction import Redactor
 
 JSON = "application/json"
 SSE = "text/event-stream"
+TEXT = "text/plain"
+REF = "#/components/schemas/{model}"
+#: (model, schema mode) -> its ``$ref``
+Refs = dict[tuple[Any, str], dict[str, Any]]
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Body:
+    """One response: a model as JSON, a model per SSE message, or plain text."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media: str = JSON
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: dict[int, Body | list[Body]]
+    description: str = ""
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    #: guarded by the security middleware (every /api path but this document, and /metrics)
+    errors: dict[int, Body] = field(default_factory=dict)
 
 
-def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema or {"type": "string"},
-    }
+def _error(description: str) -> Body:
+    return Body(description, models.Error)
 
 
-def _path(name: str, kind: str = "integer") -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
-
-
-ERRORS = {
-    "400": _json(_ref("Error"), "Malformed parameters or body"),
-    "401": _json(_ref("Error"), "A token is configured and none was sent"),
-    "403": _json(_ref("Error"), "Forbidden: no token, no CSRF token, foreign Origin or Host"),
+#: what any guarded endpoint may answer
+GUARDED = {
+    400: _error("Malformed parameters or body"),
+    401: _error("A token is configured and none was sent"),
+    403: _error("Forbidden: no token, no CSRF token, foreign Origin or Host"),
+    503: _error("The database is unavailable"),
 }
+POSTED = {
+    **GUARDED,
+    413: _error("The body is larger than 1 MiB"),
+    415: _error("The body is not application/json"),
+}
+NO_RUN = {404: _error("No such run")}
 POST_NOTE = (
     "Needs the token when one is configured (Bearer header, or the session cookie plus the "
     "`X-CSRF-Token` header equal to the `asyncjobs_csrf` cookie) and a JSON body."
 )
-RUN_FILTERS = [
-    _query("job", "Job name"),
-    _query("status", "Run status", {"enum": [s.value for s in RunStatus]}),
-    _query("trigger", "Why the run exists", {"enum": [t.value for t in Trigger]}),
-    _query("parent", "Parent run id", {"type": "integer"}),
-    _query("root", "Root run id (a whole trace tree)", {"type": "integer"}),
-    _query("since", "Created at or after (ISO 8601 with time zone)", {"format": "date-time"}),
-    _query("until", "Created before (ISO 8601 with time zone)", {"format": "date-time"}),
-    _query("roots", "1: only root runs (no children)", {"enum": ["0", "1"]}),
-    _query("limit", "Page size (1-1000, default 50)", {"type": "integer"}),
-]
 STREAM_NOTE = (
     "Server-sent events. Each message's `id` is a feed cursor (`<xid>-<event id>`); reconnect "
     "with `Last-Event-ID` (EventSource does it) to resume with no gap and no duplicate. "
-    "Messages are `snapshot`, `events` and (trace streams only) `end`, each an `Update`."
+    "The message's `event` is its `kind`: `snapshot`, `events` and (trace streams only) `end`; "
+    "its `data` is the schema shown."
 )
+BUSY = {503: _error("Too many open streams, or the database is unavailable")}
 
 
-def openapi_document(app: App, redactor: Redactor) -> dict[str, Any]:
-    schemas = _schemas()
+def _switch(kind: str) -> Operation:
+    return Operation(
+        f"Enable or disable a {kind} cluster-wide",
+        {
+            200: Body("Switched", models.Switched),
+            404: _error(f"No such {kind}"),
+            409: _error("Not stored yet: no worker has registered it"),
+        },
+        POST_NOTE,
+        body=models.SwitchBody,
+        errors=POSTED,
+    )
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/api/openapi.json", "GET"): Operation(
+        "This document", {200: Body("The OpenAPI document")}, errors={}
+    ),
+    ("/api/runs", "GET"): Operation(
+        "List runs, newest first",
+        {200: Body("A page of runs", models.RunPage)},
+        query=RunsQuery,
+        errors=GUARDED,
+    ),
+    ("/api/runs/{run_id}", "GET"): Operation(
+        "One run, with result, error and traceback",
+        {200: Body("The run", models.RunDetail), **NO_RUN},
+        errors=GUARDED,
+    ),
+    ("/api/runs/{run_id}/tree", "GET"): Operation(
+        "Every run of the trace tree the run belongs to",
+        {200: Body("The tree", models.Tree), **NO_RUN},
+        query=TreeQuery,
+        errors=GUARDED,
+    ),
+    ("/api/runs/{run_id}/events", "GET"): Operation(
+        "Live events of the run's whole tree (SSE), or the run's own events",
+        {
+            200: [
+                Body("The stream (with `Accept: text/event-stream`)", models.Update, SSE),
+                Body("The run's own stored events", models.Events),
+            ],
+            **NO_RUN,
+        },
+        STREAM_NOTE + " The stream ends after `end`: every run of the tree has finished and "
+        "every event was sent. Without `Accept: text/event-stream` the run's own stored "
+        "events come back as JSON (`after` = event id, `limit`).",
+        query=RunEventsQuery,
+        errors={**GUARDED, **BUSY},
+    ),
+    ("/api/runs/{run_id}/cancel", "POST"): Operation(
+        "Cancel a run (and with cascade its descendants)",
+        {200: Body("The runs whose status changed", models.Cancelled), **NO_RUN},
+        POST_NOTE,
+        body=models.CancelBody,
+        body_required=False,
+        errors=POSTED,
+    ),
+    ("/api/runs/{run_id}/explain", "GET"): Operation(
+        "Why the run is where it is (Client.explain): a reason code, a sentence and its data "
+        "for each thing holding a pending run back",
+        {200: Body("The explanation", models.Explanation), **NO_RUN},
+        errors=GUARDED,
+    ),
+    ("/api/runs/{run_id}/retry", "POST"): Operation(
+        "Run a finished run again with the same arguments (trigger `retry`, its parent is "
+        "the old run)",
+        {
+            201: Body("Triggered", models.Retried),
+            **NO_RUN,
+            409: _error("A run with the same dedup id is active"),
+            422: _error("The run has not finished"),
+        },
+        POST_NOTE,
+        body=models.CancelBody,
+        body_required=False,
+        errors=POSTED,
+    ),
+    ("/api/events", "GET"): Operation(
+        "Live changes of every run (SSE), for the run table",
+        {200: Body("The stream", models.FeedUpdate, SSE)},
+        STREAM_NOTE + " Without a cursor the first message is a `snapshot` of the first page "
+        "of runs (filtered like /api/runs); events carry no data here.",
+        query=FeedQuery,
+        errors={**GUARDED, **BUSY},
+    ),
+    ("/api/jobs", "GET"): Operation(
+        "Jobs (with their argument JSON schema) and queues",
+        {200: Body("Jobs and queues", models.Jobs)},
+        errors=GUARDED,
+    ),
+    ("/api/jobs/{name}/trigger", "POST"): Operation(
+        "Trigger a run (trigger type `api`)",
+        {
+            201: Body("Triggered", models.Triggered),
+            404: _error("No such job"),
+            409: _error("A run with the same dedup id is active"),
+            422: _error("The arguments do not fit the job"),
+        },
+        POST_NOTE + " `args` must match the job's schema, `args.<job>` in the components.",
+        body=models.TriggerBody,
+        errors=POSTED,
+    ),
+    ("/api/jobs/{name}/enabled", "POST"): _switch("job"),
+    ("/api/queues/{name}/enabled", "POST"): _switch("queue"),
+    ("/api/schedules/{name}/enabled", "POST"): _switch("schedule"),
+    ("/api/stats", "GET"): Operation(
+        "Open streams and broadcaster counters",
+        {200: Body("Counters", models.Stats)},
+        errors=GUARDED,
+    ),
+    ("/api/workers", "GET"): Operation(
+        "Registered workers: queues, concurrency, running runs, heartbeat",
+        {200: Body("The workers", models.Workers)},
+        query=WorkersQuery,
+        errors=GUARDED,
+    ),
+    ("/api/schedules", "GET"): Operation(
+        "Stored schedules: timing, next and last fire, misfire policy, switch (arguments "
+        "redacted like runs')",
+        {200: Body("The schedules", models.Schedules)},
+        errors=GUARDED,
+    ),
+    ("/api/activity", "GET"): Operation(
+        "Queue load now, and the runs finished within the window per minute and per job "
+        "(with p50/p95 duration)",
+        {200: Body("The activity", models.Activity)},
+        query=ActivityQuery,
+        errors=GUARDED,
+    ),
+    ("/metrics", "GET"): Operation(
+        "Prometheus metrics of the cluster and this dashboard (text exposition format)",
+        {
+            200: Body("The metrics", media=TEXT),
+            501: _error("asyncjobs[metrics] (prometheus_client) is not installed"),
+        },
+        "Guarded like the API: loopback only without a token, else the bearer token.",
+        errors={k: v for k, v in GUARDED.items() if k != 400},
+    ),
+}
+
+
+def documented_routes(routes: Iterable[BaseRoute]) -> list[tuple[str, str, Route]]:
+    """(OpenAPI path, method, route) of every served endpoint the document describes: the
+    API and ``/metrics`` (not the page and its static files)."""
+    found = []
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        if not (route.path.startswith("/api/") or route.path == "/metrics"):
+            continue
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            found.append((_openapi_path(route.path), method, route))
+    return found
+
+
+def _openapi_path(path: str) -> str:
+    return re.sub(r"{(\w+):\w+}", r"{\1}", path)
+
+
+def openapi_document(app: App, redactor: Redactor, routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    served = documented_routes(routes)
+    operations = [(path, method, route, _operation(path, method)) for path, method, route in served]
+    schemas, refs = _components([op for *_, op in operations])
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, route, operation in operations:
+        paths.setdefault(path, {})[method.lower()] = _describe(route, operation, refs)
     for job in app.jobs.values():
-        schemas[f"args.{job.name}"] = redactor.schema(job.name, job.args.json_schema())
+        schemas |= _job_arguments(job.name, redactor.schema(job.name, job.args.json_schema()))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -79,413 +269,132 @@ def openapi_document(app: App, redactor: Redactor) -> dict[str, Any]:
             "version": "1",
             "description": "Runs, trace trees and live events of an asyncjobs app.",
         },
-        "paths": _paths(app),
+        "paths": paths,
         "components": {"schemas": schemas},
     }
 
 
-def _paths(app: App) -> dict[str, Any]:
-    run_id = [_path("run_id")]
-    return {
-        "/api/runs": {
-            "get": {
-                "summary": "List runs, newest first",
-                "parameters": [
-                    *RUN_FILTERS,
-                    _query("cursor", "next_cursor of the previous page", {"type": "integer"}),
-                ],
-                "responses": {"200": _json(_ref("RunPage")), **ERRORS},
-            }
-        },
-        "/api/runs/{run_id}": {
-            "get": {
-                "summary": "One run, with result, error and traceback",
-                "parameters": run_id,
-                "responses": {
-                    "200": _json({"type": "object", "properties": {"run": _ref("Run")}}),
-                    "404": _json(_ref("Error"), "No such run"),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/runs/{run_id}/tree": {
-            "get": {
-                "summary": "Every run of the trace tree the run belongs to",
-                "parameters": [*run_id, _query("limit", "At most this many runs (default 5000)")],
-                "responses": {"200": _json(_ref("Tree")), "404": _json(_ref("Error")), **ERRORS},
-            }
-        },
-        "/api/runs/{run_id}/events": {
-            "get": {
-                "summary": "Live events of the run's whole tree (SSE), or the run's own events",
-                "description": STREAM_NOTE + " The stream ends after `end`: every run of the tree "
-                "has finished and every event was sent. Without `Accept: text/event-stream` the "
-                "run's own stored events come back as JSON (`after` = event id, `limit`).",
-                "parameters": [
-                    *run_id,
-                    _query("after", "Resume cursor (as Last-Event-ID)"),
-                    _query("limit", "JSON only: at most this many events"),
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The stream, or the events",
-                        "content": {
-                            SSE: {"schema": _ref("Update")},
-                            JSON: {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "events": {"type": "array", "items": _ref("Event")}
-                                    },
-                                }
-                            },
-                        },
-                    },
-                    "404": _json(_ref("Error")),
-                    "503": _json(_ref("Error"), "Too many open streams"),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/runs/{run_id}/cancel": {
-            "post": {
-                "summary": "Cancel a run (and with cascade its descendants)",
-                "description": POST_NOTE,
-                "parameters": run_id,
-                "requestBody": {
-                    "content": {
-                        JSON: {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"cascade": {"type": "boolean", "default": False}},
-                            }
-                        }
-                    }
-                },
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "runs": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "id": {"type": "integer"},
-                                            "status": {"type": "string"},
-                                        },
-                                    },
-                                }
-                            },
-                        }
-                    ),
-                    "404": _json(_ref("Error")),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/events": {
-            "get": {
-                "summary": "Live changes of every run (SSE), for the run table",
-                "description": STREAM_NOTE + " Without a cursor the first message is a `snapshot` "
-                "of the first page of runs (filtered like /api/runs); events carry no data here.",
-                "parameters": [*RUN_FILTERS, _query("after", "Resume cursor (as Last-Event-ID)")],
-                "responses": {
-                    "200": {
-                        "description": "The stream",
-                        "content": {SSE: {"schema": _ref("Update")}},
-                    },
-                    "503": _json(_ref("Error"), "Too many open streams"),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/jobs": {
-            "get": {
-                "summary": "Jobs (with their argument JSON schema) and queues",
-                "responses": {"200": _json(_ref("Jobs")), **ERRORS},
-            }
-        },
-        "/api/jobs/{name}/trigger": {
-            "post": {
-                "summary": "Trigger a run (trigger type `api`)",
-                "description": POST_NOTE
-                + " `args` must match the job's schema: "
-                + ", ".join(f"`{n}`: #/components/schemas/args.{n}" for n in sorted(app.jobs)),
-                "parameters": [_path("name", "string")],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {
-                            "schema": {"type": "object", "properties": {"args": {"type": "object"}}}
-                        }
-                    },
-                },
-                "responses": {
-                    "201": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "id": {"type": "integer"},
-                                "job": {"type": "string"},
-                                "created": {"type": "boolean"},
-                            },
-                        },
-                        "Triggered",
-                    ),
-                    "404": _json(_ref("Error"), "No such job"),
-                    "409": _json(_ref("Error"), "A run with the same dedup id is active"),
-                    "422": _json(_ref("Error"), "The arguments do not fit the job"),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/jobs/{name}/enabled": {"post": _switch("job")},
-        "/api/queues/{name}/enabled": {"post": _switch("queue")},
-        "/api/stats": {
-            "get": {
-                "summary": "Open streams and broadcaster counters",
-                "responses": {"200": _json({"type": "object"}), **ERRORS},
-            }
-        },
-        "/api/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "responses": {"200": _json({"type": "object"})},
-            }
-        },
-        **_cluster_paths(),
+def _operation(path: str, method: str) -> Operation:
+    try:
+        return OPERATIONS[path, method]
+    except KeyError:
+        raise LookupError(f"{method} {path} is served but not described in OPERATIONS") from None
+
+
+def _bodies(operation: Operation) -> list[Body]:
+    listed: list[Body] = []
+    for body in [*operation.responses.values(), *operation.errors.values()]:
+        listed += body if isinstance(body, list) else [body]
+    return listed
+
+
+def _components(
+    operations: list[Operation],
+) -> tuple[dict[str, Any], Refs]:
+    """Every model's JSON schema, nested models and enums as shared components."""
+    wanted: set[tuple[type[BaseModel], JsonSchemaMode]] = set()
+    for operation in operations:
+        wanted |= {(b.model, "serialization") for b in _bodies(operation) if b.model}
+        wanted |= {(m, "validation") for m in (operation.body, operation.query) if m}
+    ordered = sorted(wanted, key=lambda item: (item[0].__name__, item[1]))
+    refs, top = models_json_schema(ordered, ref_template=REF)
+    schemas = dict(top.get("$defs", {}))
+    queries = {op.query for op in operations if op.query}
+    for query in queries:  # parameters, not bodies: listed inline in each operation
+        schemas.pop(query.__name__, None)
+    return schemas, {key: dict(value) for key, value in refs.items()}
+
+
+def _describe(route: Route, operation: Operation, refs: Refs) -> dict[str, Any]:
+    described: dict[str, Any] = {"summary": operation.summary}
+    if operation.description:
+        described["description"] = operation.description
+    parameters = _path_parameters(route) + _query_parameters(operation.query)
+    if parameters:
+        described["parameters"] = parameters
+    if operation.body is not None:
+        described["requestBody"] = {
+            "required": operation.body_required,
+            "content": {JSON: {"schema": refs[operation.body, "validation"]}},
+        }
+    responses = {**operation.errors, **operation.responses}
+    described["responses"] = {
+        str(status): _response(body, refs) for status, body in sorted(responses.items())
     }
+    return described
 
 
-def _cluster_paths() -> dict[str, Any]:
-    """The workers, schedules and queue views, and "why pending" / "run it again"."""
-    run_id = [_path("run_id")]
-    listed = {"type": "object"}
-    return {
-        "/api/workers": {
-            "get": {
-                "summary": "Registered workers: queues, concurrency, running runs, heartbeat",
-                "parameters": [
-                    _query(
-                        "ttl",
-                        "Seconds of silence after which a worker is not alive (default 30)",
-                        {"type": "integer"},
-                    ),
-                ],
-                "responses": {"200": _json(listed), **ERRORS},
-            }
-        },
-        "/api/schedules": {
-            "get": {
-                "summary": "Stored schedules: timing, next and last fire, misfire policy, "
-                "switch (arguments redacted like runs')",
-                "responses": {"200": _json(listed), **ERRORS},
-            }
-        },
-        "/api/schedules/{name}/enabled": {"post": _switch("schedule")},
-        "/api/activity": {
-            "get": {
-                "summary": "Queue load now, and the runs finished within the window per minute "
-                "and per job (with p50/p95 duration)",
-                "parameters": [
-                    _query(
-                        "window",
-                        "Seconds to look back (60-86400, default 3600)",
-                        {"type": "integer"},
-                    ),
-                ],
-                "responses": {"200": _json(listed), **ERRORS},
-            }
-        },
-        "/api/runs/{run_id}/explain": {
-            "get": {
-                "summary": "Why the run is where it is (Client.explain): a reason code, a "
-                "sentence and its data for each thing holding a pending run back",
-                "parameters": run_id,
-                "responses": {"200": _json(listed), "404": _json(_ref("Error")), **ERRORS},
-            }
-        },
-        "/api/runs/{run_id}/retry": {
-            "post": {
-                "summary": "Run a finished run again with the same arguments (trigger `retry`, "
-                "its parent is the old run)",
-                "description": POST_NOTE,
-                "parameters": run_id,
-                "responses": {
-                    "201": _json(listed, "Triggered"),
-                    "404": _json(_ref("Error")),
-                    "409": _json(_ref("Error"), "A run with the same dedup id is active"),
-                    "422": _json(_ref("Error"), "The run has not finished"),
-                    **ERRORS,
-                },
-            }
-        },
-    }
+def _response(body: Body | list[Body], refs: Refs) -> dict[str, Any]:
+    bodies = body if isinstance(body, list) else [body]
+    content = {}
+    for one in bodies:
+        if one.model is not None:
+            schema = refs[one.model, "serialization"]
+        else:
+            schema = {"type": "string"} if one.media == TEXT else {"type": "object"}
+        content[one.media] = {"schema": schema}
+    return {"description": " / ".join(one.description for one in bodies), "content": content}
 
 
-def _switch(kind: str) -> dict[str, Any]:
-    return {
-        "summary": f"Enable or disable a {kind} cluster-wide",
-        "description": POST_NOTE,
-        "parameters": [_path("name", "string")],
-        "requestBody": {
+def _path_parameters(route: Route) -> list[dict[str, Any]]:
+    kinds = {IntegerConvertor: "integer", FloatConvertor: "number"}
+    return [
+        {
+            "name": name,
+            "in": "path",
             "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["enabled"],
-                        "properties": {"enabled": {"type": "boolean"}},
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": _json(
-                {
-                    "type": "object",
-                    "properties": {"name": {"type": "string"}, "enabled": {"type": "boolean"}},
-                }
-            ),
-            "404": _json(_ref("Error")),
-            "409": _json(_ref("Error"), "Not stored yet: no worker has registered it"),
-            **ERRORS,
-        },
-    }
+            "schema": {"type": kinds.get(type(convertor), "string")},
+        }
+        for name, convertor in route.param_convertors.items()
+    ]
 
 
-def _schemas() -> dict[str, Any]:
-    nullable_time = {"type": ["string", "null"], "format": "date-time"}
-    return {
-        "Error": {
-            "type": "object",
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "message": {"type": "string"},
-                        "errors": {"type": "array"},
-                        "existing_run_id": {"type": "integer"},
-                    },
-                }
-            },
-        },
-        "Run": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "job": {"type": "string"},
-                "queue": {"type": "string"},
-                "status": {"enum": [s.value for s in RunStatus]},
-                "trigger": {"enum": [t.value for t in Trigger]},
-                "priority": {"type": "integer"},
-                "attempt": {"type": "integer"},
-                "max_attempts": {"type": "integer"},
-                "retries": {"type": "integer", "description": "failed attempts retried"},
-                "restarts": {
-                    "type": "integer",
-                    "description": "times taken back from a worker that vanished",
-                },
-                "max_restarts": {"type": "integer"},
-                "parent_run_id": {"type": ["integer", "null"]},
-                "root_run_id": {"type": "integer"},
-                "created_at": {"type": "string", "format": "date-time"},
-                "not_before": {"type": "string", "format": "date-time"},
-                "not_after": nullable_time,
-                "started_at": nullable_time,
-                "finished_at": nullable_time,
-                "duration": {"type": ["number", "null"]},
-                "worker_id": {"type": ["string", "null"]},
-                "cancel_requested": {"type": "boolean"},
-                "progress": {"type": ["number", "null"]},
-                "status_message": {"type": ["string", "null"]},
-                "dedup_id": {"type": ["string", "null"]},
-                "args": {"type": "object", "description": "Redacted per job"},
-                "result": {"description": "Detail only"},
-                "error": {
-                    "type": ["object", "null"],
-                    "description": "type, message, attempt; traceback in detail only",
-                },
-                "errors": {"type": "array", "description": "Detail only: every attempt's error"},
-                "version": {"type": "integer", "description": "Larger is newer"},
-            },
-        },
-        "Event": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer"},
-                "cursor": {"type": "string"},
-                "run_id": {"type": "integer"},
-                "root_run_id": {"type": "integer"},
-                "at": {"type": "string", "format": "date-time"},
-                "kind": {
-                    "type": "string",
-                    "description": "pending, running, succeeded, failed, "
-                    "cancelled, expired, retrying, cancel_requested, progress, log",
-                },
-                "data": {"type": "object"},
-            },
-        },
-        "RunPage": {
-            "type": "object",
-            "properties": {
-                "runs": {"type": "array", "items": _ref("Run")},
-                "next_cursor": {"type": ["integer", "null"]},
-                "events_cursor": {"type": "string", "description": "Feed position before the read"},
-            },
-        },
-        "Tree": {
-            "type": "object",
-            "properties": {
-                "root_run_id": {"type": "integer"},
-                "truncated": {"type": "boolean"},
-                "runs": {"type": "array", "items": _ref("Run")},
-            },
-        },
-        "Update": {
-            "type": "object",
-            "properties": {
-                "kind": {"enum": ["snapshot", "events", "end"]},
-                "cursor": {"type": "string"},
-                "runs": {"type": "array", "items": _ref("Run")},
-                "events": {"type": "array", "items": _ref("Event")},
-                "truncated": {"type": "boolean"},
-            },
-        },
-        "Jobs": {
-            "type": "object",
-            "properties": {
-                "jobs": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string"},
-                            "queue": {"type": "string"},
-                            "known": {"type": "boolean", "description": "Registered in this app"},
-                            "enabled": {
-                                "type": ["boolean", "null"],
-                                "description": "null until a worker stored the job",
-                            },
-                            "redact": {"type": "array", "items": {"type": "string"}},
-                            "args_schema": {"type": ["object", "null"]},
-                        },
-                    },
-                },
-                "queues": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string"},
-                            "max_concurrency": {"type": ["integer", "null"]},
-                            "enabled": {"type": ["boolean", "null"]},
-                        },
-                    },
-                },
-            },
-        },
-    }
+def _query_parameters(query: type[BaseModel] | None) -> list[dict[str, Any]]:
+    if query is None:
+        return []
+    schema = query.model_json_schema(ref_template=REF)
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        description = field_schema.pop("description", "")
+        field_schema.pop("title", None)
+        field_schema = _not_null(field_schema)
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": description,
+                "schema": field_schema,
+            }
+        )
+    return parameters
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter is absent, never null: ``T | None`` is documented as ``T``."""
+    options = schema.get("anyOf")
+    if not options or {"type": "null"} not in options:
+        return schema
+    kept = [option for option in options if option != {"type": "null"}]
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    return {**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept}
+
+
+def _job_arguments(job: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A job's argument schema as ``args.<job>``, its ``$defs`` hoisted beside it as
+    ``args.<job>.<name>`` (a ``#/$defs/...`` ref would point into the document's root)."""
+    prefix = f"args.{job}"
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                value = {**value, "$ref": REF.format(model=f"{prefix}.{ref[8:]}")}
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+
+    defs = schema.get("$defs", {})
+    top = {key: value for key, value in schema.items() if key != "$defs"}
+    return {prefix: moved(top)} | {f"{prefix}.{name}": moved(d) for name, d in defs.items()}

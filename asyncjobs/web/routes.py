@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.feed import SubscriptionEnded, TraceUpdate, feed_updates, resolve_root, trace_updates
 from asyncjobs.runs import Trigger
+from asyncjobs.web import models
 from asyncjobs.web.http import (
     ApiError,
     JSONResponse,
@@ -33,13 +34,21 @@ from asyncjobs.web.http import (
 )
 from asyncjobs.web.metrics_route import metrics_route
 from asyncjobs.web.openapi import openapi_document
-from asyncjobs.web.serialize import event_json, jobs_json, run_json, update_json
+from asyncjobs.web.serialize import (
+    dumps,
+    event_model,
+    jobs_model,
+    run_model,
+    run_summary,
+    update_json,
+)
 from asyncjobs.web.views import ClusterApi
 
 if TYPE_CHECKING:
     from asyncjobs.web.dashboard import DashboardState
 
 STATIC = Path(__file__).parent / "static"
+NO_STORE = {"cache-control": "no-store"}
 
 
 class _Stream(EventSourceResponse):
@@ -64,9 +73,11 @@ class Api:
 
     def __init__(self, state: DashboardState) -> None:
         self.state = state
+        self._routes: list[BaseRoute] = []
+        self._document: bytes | None = None
 
     def routes(self) -> list[BaseRoute]:
-        return [
+        self._routes = [
             Route("/", self.index, methods=["GET"]),
             Route("/api/openapi.json", self.openapi, methods=["GET"]),
             Route("/api/runs", self.list_runs, methods=["GET"]),
@@ -84,6 +95,7 @@ class Api:
             *ClusterApi(self.state).routes(),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+        return self._routes
 
     # ------------------------------------------------------------------ pages
 
@@ -91,7 +103,10 @@ class Api:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.state.app, self.state.redactor))
+        if self._document is None:  # the app's jobs and the routes do not change
+            document = openapi_document(self.state.app, self.state.redactor, self._routes)
+            self._document = dumps(document)
+        return Response(self._document, media_type="application/json", headers=NO_STORE)
 
     # ------------------------------------------------------------------ runs
 
@@ -106,17 +121,17 @@ class Api:
             cursor=optional_int(query.get("cursor"), "cursor"),
         )
         return JSONResponse(
-            {
-                "runs": [run_json(r, self.state.redactor, detail=False) for r in page.runs],
-                "next_cursor": page.next_cursor,
-                "events_cursor": str(position),
-            }
+            models.RunPage(
+                runs=[run_summary(r, self.state.redactor) for r in page.runs],
+                next_cursor=page.next_cursor,
+                events_cursor=str(position),
+            )
         )
 
     async def get_run(self, request: Request) -> Response:
         client = await self.state.client()
         run = await client.get_run(request.path_params["run_id"])
-        return JSONResponse({"run": run_json(run, self.state.redactor)})
+        return JSONResponse(models.RunDetail(run=run_model(run, self.state.redactor)))
 
     async def get_tree(self, request: Request) -> Response:
         client = await self.state.client()
@@ -124,11 +139,11 @@ class Api:
         limit = int_param(request.query_params.get("limit"), "limit", 5000, 1, 5000)
         runs = await client.backend.get_tree(root, limit + 1)
         return JSONResponse(
-            {
-                "root_run_id": root,
-                "runs": [run_json(r, self.state.redactor) for r in runs[:limit]],
-                "truncated": len(runs) > limit,
-            }
+            models.Tree(
+                root_run_id=root,
+                runs=[run_model(r, self.state.redactor) for r in runs[:limit]],
+                truncated=len(runs) > limit,
+            )
         )
 
     async def run_events(self, request: Request) -> Response:
@@ -140,7 +155,7 @@ class Api:
             after = int_param(request.query_params.get("after"), "after", 0, 0, 2**63 - 1)
             limit = int_param(request.query_params.get("limit"), "limit", 1000, 1, 1000)
             events = await client.get_events(run_id, after, limit)
-            return JSONResponse({"events": [event_json(e) for e in events]})
+            return JSONResponse(models.Events(events=[event_model(e) for e in events]))
         root = await resolve_root(client.backend, run_id)
         after_cursor = last_event_id(request)
         state = self.state
@@ -225,7 +240,9 @@ class Api:
         if not isinstance(cascade, bool):
             raise ApiError(400, "BadRequest", "cascade must be true or false")
         changed = await client.cancel(request.path_params["run_id"], cascade=cascade)
-        return JSONResponse({"runs": [{"id": i, "status": s.value} for i, s in changed]})
+        return JSONResponse(
+            models.Cancelled(runs=[models.CancelledRun(id=i, status=s) for i, s in changed])
+        )
 
     # ------------------------------------------------------------------ jobs and queues
 
@@ -234,7 +251,7 @@ class Api:
         queues, jobs = await client.list_definitions()
         state = self.state
         return JSONResponse(
-            jobs_json(state.app, state.redactor, state.settings.title, queues, jobs)
+            jobs_model(state.app, state.redactor, state.settings.title, queues, jobs)
         )
 
     async def trigger(self, request: Request) -> Response:
@@ -244,40 +261,40 @@ class Api:
         if not isinstance(args, dict):
             raise ApiError(422, "InvalidArguments", "args must be a JSON object", errors=[])
         run = await client.trigger_json(request.path_params["name"], args, Trigger.API)
-        return JSONResponse({"id": run.id, "job": run.job.name, "created": run.created}, 201)
+        return JSONResponse(models.Triggered(id=run.id, job=run.job.name, created=run.created), 201)
 
     async def set_job_enabled(self, request: Request) -> Response:
         client = await self.state.client()
         enabled = enabled_flag(await json_body(request))
         name = client.app.get_job(request.path_params["name"]).name
         await client.set_job_enabled(name, enabled)
-        return JSONResponse({"name": name, "enabled": enabled})
+        return JSONResponse(models.Switched(name=name, enabled=enabled))
 
     async def set_queue_enabled(self, request: Request) -> Response:
         client = await self.state.client()
         enabled = enabled_flag(await json_body(request))
         name = request.path_params["name"]
         await client.set_queue_enabled(name, enabled)
-        return JSONResponse({"name": name, "enabled": enabled})
+        return JSONResponse(models.Switched(name=name, enabled=enabled))
 
     async def stats(self, request: Request) -> Response:
         await self.state.client()
         broadcast = self.state.broadcaster.stats()
         return JSONResponse(
-            {
-                "streams": self.state.streams,
-                "max_streams": self.state.settings.max_streams,
-                "broadcaster": {
-                    "subscribers": broadcast.subscribers,
-                    "reads": broadcast.reads,
-                    "batches": broadcast.batches,
-                    "events": broadcast.events,
-                    "dropped": broadcast.dropped,
-                    "max_queued": broadcast.max_queued,
-                    "queue_size": self.state.settings.queue_size,
-                    "position": None if broadcast.position is None else str(broadcast.position),
-                },
-            }
+            models.Stats(
+                streams=self.state.streams,
+                max_streams=self.state.settings.max_streams,
+                broadcaster=models.BroadcasterStats(
+                    subscribers=broadcast.subscribers,
+                    reads=broadcast.reads,
+                    batches=broadcast.batches,
+                    events=broadcast.events,
+                    dropped=broadcast.dropped,
+                    max_queued=broadcast.max_queued,
+                    queue_size=self.state.settings.queue_size,
+                    position=None if broadcast.position is None else str(broadcast.position),
+                ),
+            )
         )
 
 
