@@ -108,7 +108,9 @@ async def served(dsn: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient, Gates,
             gate.set()
 
 
-async def test_every_route_answers_what_the_document_says(served: tuple) -> None:
+async def test_every_route_answers_what_the_document_says(
+    served: tuple[Any, httpx.AsyncClient, Gates, Checker],
+) -> None:
     client, http, gates, check = served
     # runs in every state: finished trees with progress and logs, failed, running, pending
     tree = await client.trigger_async("tree", width=2)
@@ -144,7 +146,11 @@ async def _runs_and_trees(
     page = check.check(await http.get("/api/runs", params={"limit": 2}), 200)
     assert len(page["runs"]) == 2 and page["next_cursor"]
     check.check(await http.get("/api/runs", params={"cursor": page["next_cursor"]}), 200)
-    filters = {"status": "failed", "roots": 1, "since": "2000-01-01T00:00:00+00:00"}
+    filters: dict[str, str | int] = {
+        "status": "failed",
+        "roots": 1,
+        "since": "2000-01-01T00:00:00+00:00",
+    }
     failed = check.check(await http.get("/api/runs", params=filters), 200)
     assert [r["id"] for r in failed["runs"]] == [broken]
     assert "traceback" not in failed["runs"][0]["error"]
@@ -274,7 +280,7 @@ def test_run_arguments_only_pass_through_redaction() -> None:
     fields |= {"paused": False, "next_fire_at": None, "last_fire_at": None}
     with pytest.raises(ValidationError, match="Redactor"):
         models.Schedule(**fields, args={"password": "x"})
-    sneaked = models.Schedule.model_construct(**fields, args={"password": "x"})
+    sneaked = models.Schedule.model_construct(**fields, args={"password": "x"})  # type: ignore[arg-type]
     with pytest.raises(Exception, match="Redactor"):
         sneaked.model_dump()
     redacted = models.Schedule(**fields, args=redactor.args("unknown", {"password": "x"}))
