@@ -233,6 +233,7 @@ async def _errors(check: Checker, http: httpx.AsyncClient) -> None:
     check.check(await http.get("/api/runs/999999999/tree"), 404)
     check.check(await http.get("/api/runs", params={"limit": 0}), 400)
     check.check(await http.get("/api/runs", params={"status": "sleeping"}), 400)
+    check.check(await http.get("/api/runs", params={"job": "a\x00b"}), 422)
     check.check(await http.post("/api/runs/1/cancel", content=b"{}"), 415)
     check.check(await http.post("/api/runs/1/cancel", json={"cascade": "yes"}), 400)
     big = b'{"args": "' + b"x" * (1024 * 1024) + b'"}'

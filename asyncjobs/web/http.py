@@ -25,6 +25,7 @@ from asyncjobs.errors import (
 )
 from asyncjobs.rules import storable, storable_json
 from asyncjobs.runs import EventCursor, RunStatus, Trigger
+from asyncjobs.web.models import Error, ErrorDetail
 from asyncjobs.web.serialize import dumps
 
 #: Largest accepted POST body.
@@ -55,8 +56,9 @@ class ApiError(Exception):
 
 def error_response(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     # a message may quote the request (a name with a lone surrogate): JSON must hold it
-    body = {"type": kind, "message": storable(message), **storable_json(extra)}
-    return JSONResponse({"error": body}, status)
+    detail = ErrorDetail(type=kind, message=storable(message), **storable_json(extra))
+    # absent, not null: "errors" and "existing_run_id" belong to their errors only
+    return JSONResponse(Error(error=detail).model_dump(exclude_unset=True), status)
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:

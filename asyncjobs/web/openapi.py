@@ -72,6 +72,7 @@ GUARDED = {
     400: _error("Malformed parameters or body"),
     401: _error("A token is configured and none was sent"),
     403: _error("Forbidden: no token, no CSRF token, foreign Origin or Host"),
+    422: _error("A value cannot be stored or compared (e.g. a NUL in a name)"),
     503: _error("The database is unavailable"),
 }
 POSTED = {
