@@ -44,8 +44,9 @@ class Model(BaseModel):
 # ---------------------------------------------------------------- runs and events
 
 
-class RunSummary(Model):
-    """A run as run lists and the run table's stream show it."""
+class _RunFields(Model):
+    """What every run body has; the two below add their own ``error`` (and more) after
+    these, in the order the dashboard has always sent them."""
 
     id: int
     job: str
@@ -73,15 +74,19 @@ class RunSummary(Model):
     dedup_id: str | None
     args: Args
     version: int = Field(description="Larger is newer")
-    error: dict[str, Any] | None = Field(
-        description="type, message, attempt (the traceback in Run only)"
-    )
 
 
-class Run(RunSummary):
+class RunSummary(_RunFields):
+    """A run as run lists and the run table's stream show it."""
+
+    error: dict[str, Any] | None = Field(description="type, message, attempt (no traceback)")
+
+
+class Run(_RunFields):
     """A run with its result, its error's traceback and every attempt's error."""
 
     result: Any
+    error: dict[str, Any] | None = Field(description="type, message, attempt, traceback")
     errors: list[dict[str, Any]] = Field(description="every attempt's error")
 
 
