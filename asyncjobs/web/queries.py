@@ -1,7 +1,8 @@
 """The dashboard's query parameters as models, for the OpenAPI document.
 
 The handlers read them with ``asyncjobs/web/http.py`` (its error messages name the
-parameter); ``tests/test_web_openapi.py`` sends each of them and checks they are accepted.
+parameter); ``tests/test_web_openapi.py`` sends every one documented for a JSON endpoint
+and checks it is accepted.
 """
 
 from __future__ import annotations
