@@ -327,7 +327,8 @@ class Client:
         parent = current_context.get()
         if parent is not None and trigger is Trigger.USER:
             trigger = Trigger.CHILD
-        now = datetime.now(UTC)
+        # a test clock (asyncjobs.testing.TestClock) moves offsets too
+        now = self.backend.clock_now() or datetime.now(UTC)
         not_before = _absolute(options.not_before, now)
         not_after = _absolute(options.not_after, now)
         if not_before and not_after and not_after <= not_before:
@@ -523,7 +524,7 @@ class Client:
         inputs.duration(older_than, "older_than", bounded=False)  # a worker's retention
         check_int(batch_size, "batch_size", InvalidArguments, 1, 100_000)
         try:
-            cutoff = datetime.now(UTC) - older_than
+            cutoff = (self.backend.clock_now() or datetime.now(UTC)) - older_than
         except OverflowError:  # before year 1: nothing finished that long ago
             return PruneResult()
         total = PruneResult()

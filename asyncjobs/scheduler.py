@@ -25,14 +25,13 @@ does not fire either, and enabling it starts its timing afresh (no catch-up).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from asyncjobs.backends.base import Backend, ScheduleFire
+from asyncjobs.backends.base import Backend, Notification, ScheduleFire
 from asyncjobs.codec import dumps
 from asyncjobs.errors import DatabaseUnavailable, UnknownJob
 from asyncjobs.schedules import FirePlan, ScheduleState, node_copy_ttl, plan, seconds_until
@@ -97,9 +96,25 @@ class Scheduler:
     async def run(self, until: asyncio.Event | None = None) -> None:
         """Pass after pass until ``until`` is set (the worker stops) or the task is cancelled;
         a database outage is logged once and waited out."""
-        outage = False
         stop = until or asyncio.Event()
+        # a listener reconnect (NOTIFYs may be lost) or a test clock moved: pass again now
+        moved = asyncio.Event()
+
+        def on_notification(notification: Notification) -> None:
+            if notification.reconnected:
+                moved.set()
+
+        self.backend.add_listener(on_notification)
+        try:
+            await self._passes(stop, moved)
+        finally:
+            self.backend.remove_listener(on_notification)
+        logger.info("scheduler of worker %s stopped: %s", self.worker_id, self.stats)
+
+    async def _passes(self, stop: asyncio.Event, moved: asyncio.Event) -> None:
+        outage = False
         while not stop.is_set():
+            moved.clear()
             try:
                 delay = await self.tick()
             except DatabaseUnavailable as exc:
@@ -111,10 +126,7 @@ class Scheduler:
                 if outage:
                     logger.warning("scheduler: database reachable again")
                     outage = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-        logger.info("scheduler of worker %s stopped: %s", self.worker_id, self.stats)
+            await _first_of(stop, moved, timeout=delay)
 
     async def tick(self, now: datetime | None = None) -> float:
         """One pass: fire what is due at ``now`` (default: the database clock).
@@ -223,3 +235,13 @@ class Scheduler:
             )
         else:
             logger.debug("schedule %s fired %s", state.name, planned.fires)
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    """Until one of ``events`` is set or ``timeout`` seconds passed."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

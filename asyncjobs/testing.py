@@ -24,7 +24,8 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -41,9 +42,10 @@ from asyncjobs.errors import (
     DatabaseError,
     DatabaseUnavailable,
     EmbeddedPostgresError,
+    InvalidArguments,
 )
 
-__all__ = ("ENV_DSN", "ThrowawayDatabases", "run_app")
+__all__ = ("ENV_DSN", "TestClock", "ThrowawayDatabases", "run_app")
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +295,65 @@ class ThrowawayDatabases:
         return f"<ThrowawayDatabases on {self.description}>"
 
 
+class TestClock:
+    """A clock for tests that moves only when told. Give it to the backend
+    (``app.worker(dsn, clock=clock)``, ``app.client(dsn, clock=clock)``,
+    ``run_app(app, dsn, clock=clock)``) and every time-dependent statement runs at its time
+    instead of the database's: ``not_before``/``not_after``, retry backoff, leases and the
+    sweep, schedules, summaries and retention. Moving it wakes the workers, schedulers and
+    result waiters of those backends, so a run delayed by an hour is claimed as soon as the
+    clock is advanced by an hour::
+
+        clock = TestClock()
+        async with run_app(app, dsn, clock=clock) as client:
+            run = await client.trigger_async(remind.options(not_before=timedelta(hours=1)))
+            clock.advance(timedelta(hours=1))
+            assert await run.result() == ...
+
+    It starts at the real time (or ``start``) and never goes back: the database compares
+    its times with ones it wrote before. Moving it past the lease of a running job is a
+    lost heartbeat, as a real hour would be: the sweep may rescue the run.
+    """
+
+    __test__ = False  # not a test class, whatever pytest's name pattern says
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = datetime.now(UTC) if start is None else _aware(start, "start")
+        self._callbacks: list[Callable[[], None]] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, by: timedelta) -> datetime:
+        """Move the clock forward by ``by``; returns the new time."""
+        if not isinstance(by, timedelta) or by < timedelta(0):
+            raise InvalidArguments(f"advance takes a timedelta of zero or more, not {by!r}")
+        return self.set(self._now + by)
+
+    def set(self, when: datetime) -> datetime:
+        """Move the clock to ``when`` (aware, not earlier than now); returns it."""
+        when = _aware(when, "set")
+        if when < self._now:
+            raise InvalidArguments(f"the test clock never goes back: {when} < {self._now}")
+        self._now = when
+        for callback in list(self._callbacks):
+            callback()
+        return when
+
+    def on_move(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    def __repr__(self) -> str:
+        return f"<TestClock {self._now.isoformat()}>"
+
+
+def _aware(when: object, name: str) -> datetime:
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise InvalidArguments(f"{name} takes an aware datetime, not {when!r}")
+    return when
+
+
 def _start_embedded(reason: str) -> EmbeddedPostgres:
     try:
         return EmbeddedPostgres().start()
@@ -312,6 +373,7 @@ async def run_app(
     concurrency: int = 10,
     poll_interval: float = 0.05,
     sweep_interval: float = 0.1,
+    clock: TestClock | None = None,
     **worker_options: Any,
 ) -> AsyncIterator[Client]:
     """A client of ``app`` with a worker running beside it, both on ``dsn`` (a database with
@@ -319,9 +381,12 @@ async def run_app(
 
     The short poll and sweep intervals make delayed and expired runs show up quickly.
     ``worker_options`` go to ``Worker`` (``queues=``, ``lease=``, ...). On exit the worker
-    stops as in production: running jobs get ``drain_timeout`` to finish.
+    stops as in production: running jobs get ``drain_timeout`` to finish. ``clock`` (a
+    ``TestClock``) is the time both run at; with an open backend, give it the clock instead.
     """
-    backend = app.backend(dsn)
+    if clock is not None and not isinstance(dsn, str):
+        raise ConfigurationError("run_app(clock=...) needs a DSN; give an open backend its clock")
+    backend = app.backend(dsn) if clock is None else app.backend(dsn, clock=clock)
     worker = app.worker(
         backend,
         concurrency=concurrency,

@@ -524,6 +524,10 @@ class Worker:
             or notification.queues & set(self.queues)
         ):
             self._wake.set()
+        if notification.reconnected:
+            # after an outage, or a test clock moved: renew the leases at once, before a
+            # sweep judges them by the new time
+            self._beat_now.set()
         if notification.cancel_many and self._running:
             # the list was too long to send: the heartbeat returns this worker's runs whose
             # cancellation was requested

@@ -250,8 +250,24 @@ class PruneResult:
     events: int = 0
 
 
+class Clock(Protocol):
+    """A clock the backend passes as ``now`` to every time-dependent statement instead of
+    the database's (``asyncjobs.testing.TestClock``): delays, deadlines, leases, retries and
+    schedules then follow it."""
+
+    def now(self) -> datetime:
+        """The current time (aware)."""
+
+    def on_move(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` each time the clock is moved; returns what unsubscribes it."""
+
+
 class Backend(Protocol):
     """Storage operations used by the client, the worker and the dashboard."""
+
+    def clock_now(self) -> datetime | None:
+        """The test clock's time, or ``None`` when the database clock rules (production):
+        a client computes ``not_before=timedelta(...)`` and retention cut-offs from it."""
 
     async def open(self) -> None:
         """Connect; checks the schema version (or migrates when asked).

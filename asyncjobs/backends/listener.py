@@ -73,7 +73,9 @@ class PostgresListener:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    def _dispatch(self, notification: Notification) -> None:
+    def dispatch(self, notification: Notification) -> None:
+        """Hand ``notification`` to every callback (also used for wake-ups that come from
+        no NOTIFY, e.g. a test clock moved)."""
         for callback in list(self._callbacks):
             try:
                 callback(notification)
@@ -81,7 +83,7 @@ class PostgresListener:
                 logger.exception("a notification callback failed")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self._dispatch(parse_notification(str(payload)))
+        self.dispatch(parse_notification(str(payload)))
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN_DELAY
@@ -108,7 +110,7 @@ class PostgresListener:
                     self.reconnects += 1
                 # on the first connect too: a caller that subscribed while we were connecting
                 # may have missed something, and catches up by checking once
-                self._dispatch(Notification(reconnected=True, events=True))
+                self.dispatch(Notification(reconnected=True, events=True))
                 first = False
                 await lost.wait()
             finally:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from asyncjobs import sql
 from asyncjobs.activity import MAX_LISTED_RUNS, Activity, FinishedCount, WorkerState
 from asyncjobs.backends.base import (
     ClaimBatch,
+    Clock,
     Completion,
     Enqueued,
     FeedPage,
@@ -32,6 +33,7 @@ from asyncjobs.backends.base import (
     JobState,
     Listener,
     NewRun,
+    Notification,
     PruneResult,
     QueueDefinition,
     QueueState,
@@ -283,6 +285,7 @@ class PostgresBackend:
         max_pool_size: int = 10,
         pgbouncer: bool = False,
         migrate: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self.dsn = dsn
         self.listen_dsn = listen_dsn or dsn
@@ -295,6 +298,8 @@ class PostgresBackend:
         #: the schema version the last ``migrate()`` found (0: none installed), for the CLI
         self.migrated_from: int | None = None
         self._lifecycle = asyncio.Lock()
+        self.clock = clock
+        self._unsubscribe: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,6 +313,8 @@ class PostgresBackend:
         async with self._lifecycle:
             if self._users == 0:
                 await self._connect()
+                if self.clock is not None:
+                    self._unsubscribe = self.clock.on_move(self._clock_moved)
             self._users += 1
 
     async def _connect(self) -> None:
@@ -336,6 +343,9 @@ class PostgresBackend:
                 await self._disconnect()
 
     async def _disconnect(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         await self._listener.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -376,23 +386,37 @@ class PostgresBackend:
             f"{sql.SCHEMA_VERSION} or a newer one compatible with it: {fix}"
         )
 
+    # ------------------------------------------------------------------ time
+
+    def clock_now(self) -> datetime | None:
+        return None if self.clock is None else self.clock.now()
+
+    def _clock_moved(self) -> None:
+        # as after a lost LISTEN connection: claimers look for work (a delayed run may be due
+        # now), waiters and schedulers look again, workers heartbeat at the new time
+        self._listener.dispatch(Notification(all_queues=True, reconnected=True))
+
+    def _args(self, query: sql.Query, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``args``, plus the ``:now`` parameter when the statement takes one."""
+        return (*args, self.clock_now()) if query.takes_now else args
+
     # ------------------------------------------------------------------ helpers
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         with translate_errors():
-            return await self.pool.fetch(Q[name].text, *args)
+            return await self.pool.fetch(Q[name].text, *self._args(Q[name], args))
 
     async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
         with translate_errors():
-            return await self.pool.fetchrow(Q[name].text, *args)
+            return await self.pool.fetchrow(Q[name].text, *self._args(Q[name], args))
 
     async def _fetchval(self, name: str, *args: Any) -> Any:
         with translate_errors():
-            return await self.pool.fetchval(Q[name].text, *args)
+            return await self.pool.fetchval(Q[name].text, *self._args(Q[name], args))
 
     async def _execute(self, name: str, *args: Any) -> None:
         with translate_errors():
-            await self.pool.execute(Q[name].text, *args)
+            await self.pool.execute(Q[name].text, *self._args(Q[name], args))
 
     # ------------------------------------------------------------------ definitions
 
@@ -443,9 +467,8 @@ class PostgresBackend:
                 _raise_first_duplicate(runs, results)  # rolls the whole batch back
                 return results
 
-    @staticmethod
     async def _insert(
-        conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
+        self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[asyncpg.Record]:
         with translate_errors():
             return await conn.fetch(
@@ -465,6 +488,7 @@ class PostgresBackend:
                 [r.trace_context for r in runs],
                 [r.step_key for r in runs],
                 [r.key_field for r in runs],
+                self.clock_now(),
             )
 
     async def _enqueue_on(
@@ -711,6 +735,7 @@ class PostgresBackend:
                         [d.args_json for d in ordered],
                         [d.misfire for d in ordered],
                         [d.all_nodes for d in ordered],
+                        self.clock_now(),
                     )
                 await conn.execute(
                     Q["delete_stale_schedules"].text, list(jobs), [d.name for d in ordered]

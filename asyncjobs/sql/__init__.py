@@ -14,12 +14,27 @@ _HEADER = re.compile(r"^-- name: (\w+) :(one|many|exec)\s*$", re.MULTILINE)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: A migration's header line naming the oldest code version that still works after it.
 _COMPATIBLE = re.compile(r"^-- compatible-with-code: (\d+)\s*$", re.MULTILINE)
+_POSITIONAL = re.compile(r"\$(\d+)")
+#: ``:now``, the test clock's time (NULL: the database's), not a ``::now`` cast
+_NOW = re.compile(r"(?<![:\w]):now\b")
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
+    """One named statement. A time-dependent one writes ``coalesce(:now, now())``: ``:now``
+    becomes the parameter after its last ``$n``, which the backend fills with its test
+    clock's time, or NULL to keep the database clock (``takes_now``)."""
+
     name: str
     text: str
+    takes_now: bool = False
+
+
+def _query(name: str, body: str) -> Query:
+    if not _NOW.search(body):
+        return Query(name, body)
+    last = max((int(n) for n in _POSITIONAL.findall(body)), default=0)
+    return Query(name, _NOW.sub(f"${last + 1}::timestamptz", body), takes_now=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +67,7 @@ def parse_queries(source: str) -> MappingProxyType[str, Query]:
         name = header.group(1)
         if name in queries:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = Query(name, body)
+        queries[name] = _query(name, body)
     return MappingProxyType(queries)
 
 

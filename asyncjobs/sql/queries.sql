@@ -88,10 +88,11 @@ WITH input AS (
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger, max_restarts,
-                                trace_context, step_key, concurrency_key)
-    SELECT id, job, queue, args, priority, coalesce(not_before, now()), not_after, dedup_id,
-           max_attempts, parent_run_id, coalesce(root_run_id, id), trigger, max_restarts,
-           trace_context, step_key, left(args ->> key_field, 200)
+                                trace_context, step_key, concurrency_key, created_at)
+    SELECT id, job, queue, args, priority, coalesce(not_before, :now, now()), not_after,
+           dedup_id, max_attempts, parent_run_id, coalesce(root_run_id, id), trigger,
+           max_restarts, trace_context, step_key, left(args ->> key_field, 200),
+           coalesce(:now, now())
       FROM input ORDER BY ord
     -- no conflict target: both runs_dedup_idx and runs_step_idx skip the row (a target can
     -- name only one of them)
@@ -107,7 +108,7 @@ created AS (
       FROM inserted
 ),
 notified AS (
-    SELECT asyncjobs.notify(array_agg(DISTINCT queue) FILTER (WHERE not_before <= now()))
+    SELECT asyncjobs.notify(array_agg(DISTINCT queue) FILTER (WHERE not_before <= coalesce(:now, now())))
       FROM inserted HAVING count(*) > 0
 )
 SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
@@ -136,7 +137,7 @@ SELECT r.job, r.dedup_id, r.id
 -- name: claim_runs :many
 -- Claim up to $4 runs for worker $1 (see asyncjobs.claim_runs in schema.sql); a last row
 -- with a NULL id, if any, says when a full rate limit allows the next start.
-SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5, true);
+SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5, true, :now);
 
 -- name: complete_runs :many
 -- Finish a batch of runs, fenced: a row changes only while (id, attempt, worker) still owns it
@@ -155,9 +156,9 @@ done AS (
            trigger = CASE WHEN i.retry_in IS NOT NULL THEN 'retry'
                           WHEN i.handback THEN 'restart' ELSE r.trigger END,
            not_before = CASE WHEN i.retry_in IS NOT NULL
-                             THEN now() + make_interval(secs => i.retry_in) ELSE r.not_before END,
+                             THEN coalesce(:now, now()) + make_interval(secs => i.retry_in) ELSE r.not_before END,
            retries = r.retries + CASE WHEN i.retry_in IS NOT NULL THEN 1 ELSE 0 END,
-           finished_at = CASE WHEN i.retry_in IS NOT NULL OR i.handback THEN NULL ELSE now() END,
+           finished_at = CASE WHEN i.retry_in IS NOT NULL OR i.handback THEN NULL ELSE coalesce(:now, now()) END,
            worker_id = NULL, lease_expires_at = NULL,
            result = i.result,
            error = i.error,
@@ -199,11 +200,11 @@ SELECT d.id FROM done d LEFT JOIN notified ON true;
 -- Mark worker $1 alive and extend the leases it still holds (fenced by attempt). Returns the
 -- runs it kept, and those among them whose cancellation was requested.
 WITH alive AS (
-    UPDATE asyncjobs.workers SET heartbeat_at = now() WHERE id = $1 RETURNING id
+    UPDATE asyncjobs.workers SET heartbeat_at = coalesce(:now, now()) WHERE id = $1 RETURNING id
 ),
 extended AS (
     UPDATE asyncjobs.runs r
-       SET lease_expires_at = now() + $4::interval
+       SET lease_expires_at = coalesce(:now, now()) + $4::interval
       FROM unnest($2::bigint[], $3::integer[]) AS u(id, attempt)
      WHERE r.id = ANY ($2::bigint[]) AND r.id = u.id AND r.attempt = u.attempt
        AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
@@ -225,7 +226,7 @@ SELECT (SELECT count(*) FROM alive) > 0 AS registered,
 -- For $1 (the sweeper's lease) after the server (re)started nothing is rescued or dropped:
 -- while it was down no worker could heartbeat, and a database restart must not cost restarts.
 WITH settled AS (
-    SELECT pg_postmaster_start_time() < now() - $1::interval AS ok
+    SELECT pg_postmaster_start_time() < coalesce(:now, now()) - $1::interval AS ok
 ),
 stale AS (
     SELECT id, restarts < max_restarts AS restart, jsonb_build_object(
@@ -237,7 +238,7 @@ stale AS (
                                        || ' times (max_restarts ' || max_restarts || ')'
                                   ELSE '' END) AS error
       FROM asyncjobs.runs
-     WHERE status = 'running' AND lease_expires_at < now() AND (SELECT ok FROM settled)
+     WHERE status = 'running' AND lease_expires_at < coalesce(:now, now()) AND (SELECT ok FROM settled)
      ORDER BY lease_expires_at LIMIT $2
        FOR UPDATE SKIP LOCKED
 ),
@@ -249,7 +250,7 @@ rescued AS (
            restarts = r.restarts + CASE WHEN stale.restart AND NOT r.cancel_requested
                                         THEN 1 ELSE 0 END,
            trigger = 'restart',
-           finished_at = CASE WHEN r.cancel_requested OR NOT stale.restart THEN now() END,
+           finished_at = CASE WHEN r.cancel_requested OR NOT stale.restart THEN coalesce(:now, now()) END,
            error = stale.error,
            errors = r.errors || stale.error,
            worker_id = NULL, lease_expires_at = NULL
@@ -259,12 +260,12 @@ rescued AS (
 ),
 overdue AS (
     SELECT id FROM asyncjobs.runs
-     WHERE status = 'pending' AND not_after IS NOT NULL AND not_after <= now()
+     WHERE status = 'pending' AND not_after IS NOT NULL AND not_after <= coalesce(:now, now())
      ORDER BY not_after LIMIT $2
        FOR UPDATE SKIP LOCKED
 ),
 expired AS (
-    UPDATE asyncjobs.runs r SET status = 'expired', finished_at = now()
+    UPDATE asyncjobs.runs r SET status = 'expired', finished_at = coalesce(:now, now())
       FROM overdue WHERE r.id = overdue.id
     RETURNING r.id, r.root_run_id, r.status, r.attempt, r.queue, NULL::jsonb AS error
 ),
@@ -280,7 +281,7 @@ events AS (
 ),
 gone_workers AS (
     DELETE FROM asyncjobs.workers
-     WHERE heartbeat_at < now() - $1::interval AND (SELECT ok FROM settled)
+     WHERE heartbeat_at < coalesce(:now, now()) - $1::interval AND (SELECT ok FROM settled)
     RETURNING id
 ),
 notified AS (
@@ -314,7 +315,7 @@ cancelled AS (
     UPDATE asyncjobs.runs r
        SET status = CASE WHEN l.status = 'pending' THEN 'cancelled'::asyncjobs.run_status
                          ELSE r.status END,
-           finished_at = CASE WHEN l.status = 'pending' THEN now() ELSE r.finished_at END,
+           finished_at = CASE WHEN l.status = 'pending' THEN coalesce(:now, now()) ELSE r.finished_at END,
            cancel_requested = true
       FROM locked l WHERE r.id = l.id
     RETURNING r.id, r.root_run_id, r.status
@@ -367,9 +368,10 @@ SELECT i.id FROM inserted i LEFT JOIN notified ON true;
 
 -- name: register_worker :exec
 -- A worker announces itself; the row is its liveness record.
-INSERT INTO asyncjobs.workers (id, host, pid, queues, jobs, concurrency)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+INSERT INTO asyncjobs.workers (id, host, pid, queues, jobs, concurrency, started_at,
+                               heartbeat_at)
+VALUES ($1, $2, $3, $4, $5, $6, coalesce(:now, now()), coalesce(:now, now()))
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = coalesce(:now, now());
 
 -- name: unregister_worker :exec
 DELETE FROM asyncjobs.workers WHERE id = $1;
@@ -430,9 +432,10 @@ UPDATE asyncjobs.schedules s
 -- unchanged timing are kept. Rows are written in name order, so concurrent starters lock
 -- them in the same order.
 INSERT INTO asyncjobs.schedules AS s
-       (name, job, cron, every, initial_delay, timezone, args, misfire, all_nodes)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::interval[], $5::interval[],
-                     $6::text[], $7::jsonb[], $8::text[], $9::boolean[]) AS u
+       (name, job, cron, every, initial_delay, timezone, args, misfire, all_nodes, anchor_at)
+SELECT u.*, coalesce(:now, now())
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::interval[], $5::interval[],
+              $6::text[], $7::jsonb[], $8::text[], $9::boolean[]) AS u
  ORDER BY 1
 ON CONFLICT (name) DO UPDATE
    SET job = excluded.job, cron = excluded.cron, every = excluded.every,
@@ -441,12 +444,12 @@ ON CONFLICT (name) DO UPDATE
        anchor_at = CASE WHEN (s.cron, s.every, s.initial_delay, s.timezone) IS DISTINCT FROM
                              (excluded.cron, excluded.every, excluded.initial_delay,
                               excluded.timezone)
-                        THEN now() ELSE s.anchor_at END,
+                        THEN coalesce(:now, now()) ELSE s.anchor_at END,
        next_fire_at = CASE WHEN (s.cron, s.every, s.initial_delay, s.timezone) IS DISTINCT FROM
                                 (excluded.cron, excluded.every, excluded.initial_delay,
                                  excluded.timezone)
                            THEN NULL ELSE s.next_fire_at END,
-       updated_at = now()
+       updated_at = coalesce(:now, now())
  WHERE (s.job, s.cron, s.every, s.initial_delay, s.timezone, s.args, s.misfire, s.all_nodes)
        IS DISTINCT FROM (excluded.job, excluded.cron, excluded.every, excluded.initial_delay,
                          excluded.timezone, excluded.args, excluded.misfire, excluded.all_nodes);
@@ -461,7 +464,7 @@ DELETE FROM asyncjobs.schedules WHERE job = ANY ($1::text[]) AND name <> ALL ($2
 SELECT n.now, s.name, s.job, s.cron, s.every, s.initial_delay, s.timezone, s.args, s.misfire,
        s.all_nodes, s.enabled, s.anchor_at, s.next_fire_at, s.last_fire_at,
        coalesce(j.enabled, true) AS job_enabled, coalesce(q.enabled, true) AS queue_enabled
-  FROM (SELECT now() AS now) n
+  FROM (SELECT coalesce(:now, now()) AS now) n
   LEFT JOIN (asyncjobs.schedules s
              LEFT JOIN asyncjobs.jobs j ON j.name = s.job
              LEFT JOIN asyncjobs.queues q ON q.name = j.queue)
@@ -473,9 +476,9 @@ SELECT n.now, s.name, s.job, s.cron, s.every, s.initial_delay, s.timezone, s.arg
 -- ticks it missed while disabled were meant to be missed.
 UPDATE asyncjobs.schedules
    SET enabled = $2,
-       anchor_at = CASE WHEN $2 AND NOT enabled THEN now() ELSE anchor_at END,
+       anchor_at = CASE WHEN $2 AND NOT enabled THEN coalesce(:now, now()) ELSE anchor_at END,
        next_fire_at = CASE WHEN $2 AND NOT enabled THEN NULL ELSE next_fire_at END,
-       updated_at = now()
+       updated_at = coalesce(:now, now())
  WHERE name = $1
 RETURNING name;
 
@@ -491,7 +494,7 @@ WITH advanced AS (
        SET next_fire_at = CASE WHEN $2::boolean THEN $5::timestamptz
                                ELSE greatest(s.next_fire_at, $5::timestamptz) END,
            last_fire_at = greatest(s.last_fire_at, $6::timestamptz),
-           updated_at = now()
+           updated_at = coalesce(:now, now())
      WHERE s.name = $1 AND s.enabled
        AND (NOT $2::boolean OR (s.next_fire_at IS NOT DISTINCT FROM $3::timestamptz
                                 AND s.anchor_at = $4::timestamptz))
@@ -505,9 +508,10 @@ input AS (
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, max_attempts, root_run_id,
                                 trigger, schedule, scheduled_at, target_worker, not_after,
-                                max_restarts)
+                                max_restarts, not_before, created_at)
     SELECT id, $7::text, $8::text, $9::jsonb, $10::smallint, $14::integer, id, 'schedule', $1,
-           fire_at, $11::text, fire_at + $12::interval, $15::integer
+           fire_at, $11::text, fire_at + $12::interval, $15::integer, coalesce(:now, now()),
+           coalesce(:now, now())
       FROM input ORDER BY fire_at
     ON CONFLICT (schedule, scheduled_at, target_worker) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING id, root_run_id, job, queue, trigger, schedule, scheduled_at, target_worker
@@ -532,7 +536,7 @@ SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
 -- queue's switches and limits with their running counts, how many live workers (heartbeat
 -- within $2) serve its queue and know its job, whether its target worker is alive, how many
 -- ready runs are ahead of it in its queue (at most 10,001), and its own active children.
-SELECT now() AS now,
+SELECT coalesce(:now, now()) AS now,
        j.name IS NOT NULL AS job_known,
        coalesce(j.enabled, true) AS job_enabled,
        j.max_concurrency AS job_limit,
@@ -543,20 +547,21 @@ SELECT now() AS now,
        (SELECT count(*) FROM asyncjobs.runs x
          WHERE x.status = 'running' AND x.queue = r.queue) AS queue_running,
        (SELECT count(*) FROM asyncjobs.workers w
-         WHERE r.queue = ANY (w.queues) AND w.heartbeat_at > now() - $2::interval)
+         WHERE r.queue = ANY (w.queues) AND w.heartbeat_at > coalesce(:now, now()) - $2::interval)
            AS queue_workers,
        (SELECT count(*) FROM asyncjobs.workers w
          WHERE r.queue = ANY (w.queues) AND r.job = ANY (w.jobs)
-           AND w.heartbeat_at > now() - $2::interval) AS job_workers,
+           AND w.heartbeat_at > coalesce(:now, now()) - $2::interval) AS job_workers,
        EXISTS (SELECT FROM asyncjobs.workers w
-                WHERE w.id = r.target_worker AND w.heartbeat_at > now() - $2::interval)
+                WHERE w.id = r.target_worker AND w.heartbeat_at > coalesce(:now, now()) - $2::interval)
            AS target_alive,
        -- counted up to 10,001 (explain.AHEAD_COUNTED + 1): an exact count is a walk of the
        -- queue's pending index, seconds behind a backlog of millions
        (SELECT count(*) FROM (
             SELECT FROM asyncjobs.runs x
              WHERE x.status = 'pending' AND x.queue = r.queue AND x.id <> r.id
-               AND x.not_before <= now() AND (x.not_after IS NULL OR x.not_after > now())
+               AND x.not_before <= coalesce(:now, now())
+               AND (x.not_after IS NULL OR x.not_after > coalesce(:now, now()))
                AND (x.priority > r.priority OR (x.priority = r.priority AND x.id < r.id))
              LIMIT 10001) x) AS ahead,
        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
@@ -574,17 +579,17 @@ SELECT now() AS now,
        -- rate limits: starts in the window now, and when a full one allows the next
        j.rate_limit AS job_rate_limit,
        (SELECT count(*) FROM asyncjobs.rate_starts s
-         WHERE s.scope = 'job:' || r.job AND s.at > clock_timestamp() - j.rate_period)
+         WHERE s.scope = 'job:' || r.job AND s.at > coalesce(:now, clock_timestamp()) - j.rate_period)
            AS job_rate_starts,
        (SELECT min(s.at) + j.rate_period FROM asyncjobs.rate_starts s
-         WHERE s.scope = 'job:' || r.job AND s.at > clock_timestamp() - j.rate_period)
+         WHERE s.scope = 'job:' || r.job AND s.at > coalesce(:now, clock_timestamp()) - j.rate_period)
            AS job_rate_next,
        q.rate_limit AS queue_rate_limit,
        (SELECT count(*) FROM asyncjobs.rate_starts s
-         WHERE s.scope = 'queue:' || r.queue AND s.at > clock_timestamp() - q.rate_period)
+         WHERE s.scope = 'queue:' || r.queue AND s.at > coalesce(:now, clock_timestamp()) - q.rate_period)
            AS queue_rate_starts,
        (SELECT min(s.at) + q.rate_period FROM asyncjobs.rate_starts s
-         WHERE s.scope = 'queue:' || r.queue AND s.at > clock_timestamp() - q.rate_period)
+         WHERE s.scope = 'queue:' || r.queue AND s.at > coalesce(:now, clock_timestamp()) - q.rate_period)
            AS queue_rate_next
   FROM asyncjobs.runs r
   LEFT JOIN asyncjobs.jobs j ON j.name = r.job
@@ -612,7 +617,7 @@ SELECT r.id, r.job, r.queue, r.worker_id, r.started_at, r.concurrency_key,
 -- successful run ever (runs_last_success_idx).
 WITH recent AS (
     SELECT status, started_at, finished_at FROM asyncjobs.runs
-     WHERE job = ANY ($1::text[]) AND created_at >= now() - $2::interval
+     WHERE job = ANY ($1::text[]) AND created_at >= coalesce(:now, now()) - $2::interval
 ),
 last_success AS (
     SELECT id, finished_at, extract(epoch FROM finished_at - started_at)::float8 AS duration
@@ -620,7 +625,7 @@ last_success AS (
      WHERE job = ANY ($1::text[]) AND status = 'succeeded'
      ORDER BY finished_at DESC LIMIT 1
 )
-SELECT now() AS now,
+SELECT coalesce(:now, now()) AS now,
        (SELECT coalesce(jsonb_object_agg(status, n), '{}')
           FROM (SELECT status, count(*) AS n FROM recent GROUP BY status) c) AS counts,
        (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
@@ -753,8 +758,8 @@ SELECT name, queue, updated_at,
 -- the oldest ready pending run (not_before passed) has waited; 0 when none is ready.
 WITH pending AS (
     SELECT queue, job, count(*) AS depth,
-           count(*) FILTER (WHERE not_before <= now()) AS ready,
-           min(not_before) FILTER (WHERE not_before <= now()) AS oldest
+           count(*) FILTER (WHERE not_before <= coalesce(:now, now())) AS ready,
+           min(not_before) FILTER (WHERE not_before <= coalesce(:now, now())) AS oldest
       FROM asyncjobs.runs WHERE status = 'pending' GROUP BY queue, job
 ),
 running AS (
@@ -771,7 +776,7 @@ job_names AS (
 SELECT 'queue' AS kind, n.name,
        coalesce((SELECT sum(p.depth) FROM pending p WHERE p.queue = n.name), 0)::bigint AS pending,
        coalesce((SELECT sum(p.ready) FROM pending p WHERE p.queue = n.name), 0)::bigint AS ready,
-       coalesce((SELECT extract(epoch FROM now() - min(p.oldest)) FROM pending p
+       coalesce((SELECT extract(epoch FROM coalesce(:now, now()) - min(p.oldest)) FROM pending p
                   WHERE p.queue = n.name), 0)::float8 AS oldest_age,
        coalesce((SELECT sum(r.n) FROM running r WHERE r.queue = n.name), 0)::bigint AS running,
        q.max_concurrency, coalesce(q.enabled, true) AS enabled
@@ -780,14 +785,14 @@ UNION ALL
 SELECT 'job', n.name,
        coalesce((SELECT sum(p.depth) FROM pending p WHERE p.job = n.name), 0)::bigint,
        coalesce((SELECT sum(p.ready) FROM pending p WHERE p.job = n.name), 0)::bigint,
-       coalesce((SELECT extract(epoch FROM now() - min(p.oldest)) FROM pending p
+       coalesce((SELECT extract(epoch FROM coalesce(:now, now()) - min(p.oldest)) FROM pending p
                   WHERE p.job = n.name), 0)::float8,
        coalesce((SELECT sum(r.n) FROM running r WHERE r.job = n.name), 0)::bigint,
        j.max_concurrency, coalesce(j.enabled, true)
   FROM job_names n LEFT JOIN asyncjobs.jobs j ON j.name = n.name
 UNION ALL
 SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
-  FROM asyncjobs.workers WHERE heartbeat_at > now() - $1::interval;
+  FROM asyncjobs.workers WHERE heartbeat_at > coalesce(:now, now()) - $1::interval;
 
 -- ---------------------------------------------------------------------- dashboard views
 -- (asyncjobs/activity.py: workers and the last hour's finished runs; the load now is
@@ -797,7 +802,7 @@ SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
 -- Registered workers with the runs each holds now (one pass over the running rows, which
 -- runs_running_idx keeps apart; the first $1 of them by id, with their jobs), and the
 -- database clock to judge their heartbeats by.
-SELECT now() AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency, w.started_at,
+SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency, w.started_at,
        w.heartbeat_at, coalesce(r.running, 0) AS running,
        coalesce(r.run_ids[1:$1], '{}') AS run_ids, coalesce(r.run_jobs[1:$1], '{}') AS run_jobs
   FROM asyncjobs.workers w
@@ -818,8 +823,8 @@ SELECT now() AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency, w.sta
 WITH RECURSIVE search (lo, hi) AS (
     SELECT coalesce(min(id), 0), coalesce(max(id), 0) + 1 FROM asyncjobs.runs
   UNION ALL
-    SELECT CASE WHEN p.created_at < now() - 2 * $1::interval THEN p.id + 1 ELSE s.lo END,
-           CASE WHEN p.created_at < now() - 2 * $1::interval THEN s.hi
+    SELECT CASE WHEN p.created_at < coalesce(:now, now()) - 2 * $1::interval THEN p.id + 1 ELSE s.lo END,
+           CASE WHEN p.created_at < coalesce(:now, now()) - 2 * $1::interval THEN s.hi
                 ELSE (s.lo + s.hi) / 2 END
       FROM search s
       LEFT JOIN LATERAL (SELECT r.id, r.created_at FROM asyncjobs.runs r
@@ -836,9 +841,9 @@ counted AS (
                FILTER (WHERE r.status IN ('succeeded', 'failed') AND r.started_at IS NOT NULL)
                ::float8[] AS percentiles
       FROM asyncjobs.runs r
-     WHERE r.id >= (SELECT max(lo) FROM search) AND r.finished_at >= now() - $1::interval
+     WHERE r.id >= (SELECT max(lo) FROM search) AND r.finished_at >= coalesce(:now, now()) - $1::interval
      GROUP BY GROUPING SETS ((1, r.job, r.queue), (r.job, r.queue))
 )
 SELECT c.now, f.*
-  FROM (SELECT now() AS now) c LEFT JOIN counted f ON true
+  FROM (SELECT coalesce(:now, now()) AS now) c LEFT JOIN counted f ON true
  ORDER BY f.minute NULLS FIRST, f.job;
