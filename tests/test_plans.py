@@ -37,7 +37,13 @@ ALLOWED = {"runs_pkey", "runs_root_idx"}
 
 
 def _args(name: str) -> tuple[Any, ...]:
-    """The statement's parameters as asyncjobs/backends/postgres.py sends them."""
+    """The statement's parameters as asyncjobs/backends/postgres.py sends them (``:now`` last,
+    NULL: the database clock)."""
+    given = _given(name)
+    return (*given, None) if QUERIES[name].takes_now else given
+
+
+def _given(name: str) -> tuple[Any, ...]:
     n = len(BATCH)
     attempts = [1] * n
     if name == "heartbeat":
