@@ -137,7 +137,9 @@ async def test_the_gauges_query_reads_no_finished_run(dsn: str) -> None:
             ANALYZE asyncjobs.runs;
         """)  # fmt: skip
         explained = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) " + QUERIES["cluster_gauges"].text, timedelta(seconds=30)
+            "EXPLAIN (FORMAT JSON) " + QUERIES["cluster_gauges"].text,
+            timedelta(seconds=30),
+            None,  # :now, the database clock
         )
     finally:
         await conn.close()

@@ -59,13 +59,23 @@ def test_every_statement_reading_the_time_takes_now() -> None:
             assert not reads_time, f"{query.name} reads the database clock; use :now"
 
 
+def test_every_statement_numbers_its_parameters_without_gaps() -> None:
+    # a gap is a parameter PostgreSQL cannot type: :now numbered after a $n in a comment
+    for query in sql.QUERIES.values():
+        code = re.sub(r"--[^\n]*", "", query.text)
+        numbers = sorted({int(n) for n in re.findall(r"\$(\d+)", code)})
+        assert numbers == list(range(1, len(numbers) + 1)), (query.name, numbers)
+
+
 def test_now_becomes_the_parameter_after_the_last() -> None:
     (query,) = sql.parse_queries(
         "-- name: q :one\nSELECT $1::text[], coalesce(:now, now()), x::now, :now, :nowhere"
+        "\n-- not a parameter: $7"
     ).values()
     assert query.takes_now
     assert query.text == (
         "SELECT $1::text[], coalesce($2::timestamptz, now()), x::now, $2::timestamptz, :nowhere"
+        "\n-- not a parameter: $7"
     )
     (plain,) = sql.parse_queries("-- name: p :one\nSELECT $1::timestamptz").values()
     assert not plain.takes_now and plain.text == "SELECT $1::timestamptz"

@@ -330,8 +330,9 @@ async def test_the_view_queries_read_indexes_not_the_whole_table(dsn: str) -> No
         await conn.execute("ANALYZE asyncjobs.runs")
         plans = {}
         for name, args in [
-            ("finished_per_minute", "interval '1 hour'"),
-            ("cluster_gauges", "interval '30 s'"),
+            # the last parameter is :now, NULL: the database clock
+            ("finished_per_minute", "interval '1 hour', NULL"),
+            ("cluster_gauges", "interval '30 s', NULL"),
         ]:
             query = sql.QUERIES[name].text.rstrip().rstrip(";")
             await conn.execute(f"PREPARE q AS {query}")

@@ -15,6 +15,7 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: A migration's header line naming the oldest code version that still works after it.
 _COMPATIBLE = re.compile(r"^-- compatible-with-code: (\d+)\s*$", re.MULTILINE)
 _POSITIONAL = re.compile(r"\$(\d+)")
+_COMMENT = re.compile(r"--[^\n]*")
 #: ``:now``, the test clock's time (NULL: the database's), not a ``::now`` cast
 _NOW = re.compile(r"(?<![:\w]):now\b")
 
@@ -33,7 +34,8 @@ class Query:
 def _query(name: str, body: str) -> Query:
     if not _NOW.search(body):
         return Query(name, body)
-    last = max((int(n) for n in _POSITIONAL.findall(body)), default=0)
+    code = _COMMENT.sub("", body)  # a comment may name a parameter ("in the last $2")
+    last = max((int(n) for n in _POSITIONAL.findall(code)), default=0)
     return Query(name, _NOW.sub(f"${last + 1}::timestamptz", body), takes_now=True)
 
 

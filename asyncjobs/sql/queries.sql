@@ -687,16 +687,18 @@ SELECT e.xid, e.id FROM asyncjobs.run_events e
 
 -- name: get_runs_by_ids_versioned :many
 -- Runs by id with `version`: the id of the run's latest event (a newer state has a larger one).
-SELECT r.*, coalesce((SELECT e.id FROM asyncjobs.run_events e WHERE e.run_id = r.id
-                       ORDER BY e.id DESC LIMIT 1), 0) AS version
+-- Events are found through their root's index, as in get_events: by run_id alone the planner
+-- walked run_events backwards by id (every later event of every tree).
+SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
+                        WHERE e.root_run_id = r.root_run_id AND e.run_id = r.id), 0) AS version
   FROM asyncjobs.runs r
  WHERE r.id = ANY ($1::bigint[])
  ORDER BY r.id;
 
 -- name: get_tree :many
 -- The runs of one trace tree with `version`, oldest first, at most $2.
-SELECT r.*, coalesce((SELECT e.id FROM asyncjobs.run_events e WHERE e.run_id = r.id
-                       ORDER BY e.id DESC LIMIT 1), 0) AS version
+SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
+                        WHERE e.root_run_id = r.root_run_id AND e.run_id = r.id), 0) AS version
   FROM asyncjobs.runs r
  WHERE r.root_run_id = $1
  ORDER BY r.id
