@@ -32,22 +32,37 @@ IDS = list(range(RUNS - 990, RUNS + 1, 10))  # 100 roots among the newest
 ROOT = RUNS - 999  # a tree of ten
 HOUR = timedelta(hours=1)
 
-#: statement -> the argument lists to explain it with (several for filters that change the plan)
-CHECKED: dict[str, list[tuple[Any, ...]]] = {
-    "enqueue_runs": [(
-        ["j1"], ["default"], ["{}"], [0], [None], [None], ["d"], [1], [None], [None], ["user"],
-        [10], [None], [None], [None],
-    )],
+
+def _page(**filters: Any) -> dict[str, Any]:
+    """get_runs' parameters: no filter but ``filters``."""
+    return {
+        "job": None, "status": None, "parent_run_id": None, "root_run_id": None,
+        "trigger": None, "before_id": None, "created_after": None, "created_before": None,
+        "roots_only": False, "limit": 50, **filters,
+    }
+
+
+#: statement -> the arguments to explain it with (several for filters that change the plan):
+#: a tuple for ``$n``, a dict for ``:name`` parameters (``:now`` is added, NULL)
+CHECKED: dict[str, list[tuple[Any, ...] | dict[str, Any]]] = {
+    "enqueue_runs": [{
+        "jobs": ["j1"], "queues": ["default"], "args": ["{}"], "priorities": [0],
+        "not_befores": [None], "not_afters": [None], "dedup_ids": ["d"], "max_attempts": [1],
+        "parent_run_ids": [None], "root_run_ids": [None], "triggers": ["user"],
+        "max_restarts": [10], "trace_contexts": [None], "step_keys": [None],
+        "key_fields": [None],
+    }],
     "runs_by_step": [(IDS, ["s"] * len(IDS))],
     "active_run_ids_by_dedup": [(["j1"], ["d"])],
     "release_step": [(ROOT, "s")],
     "sweep": [(timedelta(seconds=30), 500)],
     "get_runs": [
-        (None, None, None, None, None, None, 50, None, None, False),
-        ("j3", None, None, None, None, None, 50, None, None, False),
-        (None, "pending", None, None, None, None, 50, None, None, False),
-        (None, None, None, ROOT, None, None, 50, None, None, False),
-        (None, None, None, None, None, RUNS // 2, 50, None, None, True),
+        _page(),
+        _page(job="j3"),
+        _page(status="pending"),
+        _page(root_run_id=ROOT),
+        _page(before_id=RUNS // 2, roots_only=True),
+        _page(created_after=datetime(2000, 1, 1, tzinfo=UTC)),
     ],
     "get_events": [(ROOT + 3, 0, 100)],
     "get_runs_by_ids_versioned": [(IDS,)],
@@ -159,8 +174,14 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def _with_now(name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (*args, None) if QUERIES[name].takes_now else args
+def _with_now(name: str, args: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
+    """The statement's arguments as the backend sends them, ``:now`` NULL."""
+    query = QUERIES[name]
+    positional = args if isinstance(args, tuple) else ()
+    named = {**args} if isinstance(args, dict) else {}
+    if query.takes_now:
+        named["now"] = None
+    return query.arguments(positional, named)
 
 
 def test_every_query_is_checked_or_listed() -> None:
@@ -197,14 +218,15 @@ async def test_no_sequential_scan_of_runs_or_events(
     strict=True,
     reason="no index leads with parent_run_id (runs_step_idx is partial): get_runs filtered "
     "by parent reads runs sequentially; needs an index, and a statement per filter shape for "
-    "generic plans (`$3 IS NULL OR parent_run_id = $3` cannot use one)",
+    "generic plans (`:parent_run_id IS NULL OR parent_run_id = :parent_run_id` cannot use "
+    "one)",
 )
 @pytest.mark.parametrize("mode", PLAN_MODES)
 async def test_children_of_a_run_are_listed_without_a_scan(
     conn: asyncpg.Connection, mode: str
 ) -> None:
     await conn.execute(f"SET plan_cache_mode = {mode}")
-    args = (None, None, ROOT, None, None, None, 50, None, None, False)
+    args = _with_now("get_runs", _page(parent_run_id=ROOT))
     text = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {QUERIES['get_runs'].text}", *args)
     plan = json.loads(text)[0]["Plan"]
     assert not [n for n in _nodes(plan) if n["Node Type"] == "Seq Scan"]

@@ -69,12 +69,12 @@ def test_every_statement_numbers_its_parameters_without_gaps() -> None:
 
 def test_now_becomes_the_parameter_after_the_last() -> None:
     (query,) = sql.parse_queries(
-        "-- name: q :one\nSELECT $1::text[], coalesce(:now, now()), x::now, :now, :nowhere"
+        "-- name: q :one\nSELECT $1::text[], coalesce(:now, now()), x::now, :now"
         "\n-- not a parameter: $7"
     ).values()
     assert query.takes_now
     assert query.text == (
-        "SELECT $1::text[], coalesce($2::timestamptz, now()), x::now, $2::timestamptz, :nowhere"
+        "SELECT $1::text[], coalesce($2::timestamptz, now()), x::now, $2::timestamptz"
         "\n-- not a parameter: $7"
     )
     (plain,) = sql.parse_queries("-- name: p :one\nSELECT $1::timestamptz").values()

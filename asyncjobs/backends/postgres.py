@@ -396,27 +396,29 @@ class PostgresBackend:
         # now), waiters and schedulers look again, workers heartbeat at the new time
         self._listener.dispatch(Notification(all_queues=True, reconnected=True))
 
-    def _args(self, query: sql.Query, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``args``, plus the ``:now`` parameter when the statement takes one."""
-        return (*args, self.clock_now()) if query.takes_now else args
+    def _args(self, query: sql.Query, args: tuple[Any, ...], named: dict[str, Any]) -> list[Any]:
+        """``args`` for the ``$n``, then the named parameters (``:now``: the clock's time)."""
+        if query.takes_now:
+            named = {**named, "now": self.clock_now()}
+        return query.arguments(args, named)
 
     # ------------------------------------------------------------------ helpers
 
-    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, name: str, *args: Any, **named: Any) -> list[asyncpg.Record]:
         with translate_errors():
-            return await self.pool.fetch(Q[name].text, *self._args(Q[name], args))
+            return await self.pool.fetch(Q[name].text, *self._args(Q[name], args, named))
 
-    async def _fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+    async def _fetchrow(self, name: str, *args: Any, **named: Any) -> asyncpg.Record | None:
         with translate_errors():
-            return await self.pool.fetchrow(Q[name].text, *self._args(Q[name], args))
+            return await self.pool.fetchrow(Q[name].text, *self._args(Q[name], args, named))
 
-    async def _fetchval(self, name: str, *args: Any) -> Any:
+    async def _fetchval(self, name: str, *args: Any, **named: Any) -> Any:
         with translate_errors():
-            return await self.pool.fetchval(Q[name].text, *self._args(Q[name], args))
+            return await self.pool.fetchval(Q[name].text, *self._args(Q[name], args, named))
 
-    async def _execute(self, name: str, *args: Any) -> None:
+    async def _execute(self, name: str, *args: Any, **named: Any) -> None:
         with translate_errors():
-            await self.pool.execute(Q[name].text, *self._args(Q[name], args))
+            await self.pool.execute(Q[name].text, *self._args(Q[name], args, named))
 
     # ------------------------------------------------------------------ definitions
 
@@ -471,25 +473,25 @@ class PostgresBackend:
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[asyncpg.Record]:
         with translate_errors():
-            return await conn.fetch(
-                Q["enqueue_runs"].text,
-                [r.job for r in runs],
-                [r.queue for r in runs],
-                [r.args_json for r in runs],
-                [r.priority for r in runs],
-                [r.not_before for r in runs],
-                [r.not_after for r in runs],
-                [r.dedup_id for r in runs],
-                [r.max_attempts for r in runs],
-                [r.parent_run_id for r in runs],
-                [r.root_run_id for r in runs],
-                [r.trigger.value for r in runs],
-                [r.max_restarts for r in runs],
-                [r.trace_context for r in runs],
-                [r.step_key for r in runs],
-                [r.key_field for r in runs],
-                self.clock_now(),
-            )
+            query = Q["enqueue_runs"]
+            named = {
+                "jobs": [r.job for r in runs],
+                "queues": [r.queue for r in runs],
+                "args": [r.args_json for r in runs],
+                "priorities": [r.priority for r in runs],
+                "not_befores": [r.not_before for r in runs],
+                "not_afters": [r.not_after for r in runs],
+                "dedup_ids": [r.dedup_id for r in runs],
+                "max_attempts": [r.max_attempts for r in runs],
+                "parent_run_ids": [r.parent_run_id for r in runs],
+                "root_run_ids": [r.root_run_id for r in runs],
+                "triggers": [r.trigger.value for r in runs],
+                "max_restarts": [r.max_restarts for r in runs],
+                "trace_contexts": [r.trace_context for r in runs],
+                "step_keys": [r.step_key for r in runs],
+                "key_fields": [r.key_field for r in runs],
+            }
+            return await conn.fetch(query.text, *self._args(query, (), named))
 
     async def _enqueue_on(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
@@ -684,16 +686,16 @@ class PostgresBackend:
     async def get_runs(self, where: RunFilter) -> list[RunRecord]:
         rows = await self._fetch(
             "get_runs",
-            where.job,
-            where.status,
-            where.parent_run_id,
-            where.root_run_id,
-            where.trigger,
-            where.before_id,
-            where.limit,
-            where.created_after,
-            where.created_before,
-            where.roots_only,
+            job=where.job,
+            status=where.status,
+            parent_run_id=where.parent_run_id,
+            root_run_id=where.root_run_id,
+            trigger=where.trigger,
+            before_id=where.before_id,
+            limit=where.limit,
+            created_after=where.created_after,
+            created_before=where.created_before,
+            roots_only=where.roots_only,
         )
         return [_record(row) for row in rows]
 
@@ -724,8 +726,8 @@ class PostgresBackend:
                         Q["rename_schedules"].text, [r[0] for r in renames], [r[1] for r in renames]
                     )
                 if ordered:
-                    await conn.execute(
-                        Q["upsert_schedules"].text,
+                    upsert = Q["upsert_schedules"]
+                    columns = (
                         [d.name for d in ordered],
                         [d.job for d in ordered],
                         [d.cron for d in ordered],
@@ -735,8 +737,8 @@ class PostgresBackend:
                         [d.args_json for d in ordered],
                         [d.misfire for d in ordered],
                         [d.all_nodes for d in ordered],
-                        self.clock_now(),
                     )
+                    await conn.execute(upsert.text, *self._args(upsert, columns, {}))
                 await conn.execute(
                     Q["delete_stale_schedules"].text, list(jobs), [d.name for d in ordered]
                 )
@@ -756,21 +758,21 @@ class PostgresBackend:
         expected_next, expected_anchor = fire.expected or (None, None)
         row = await self._fetchrow(
             "fire_schedule",
-            fire.schedule,
-            fire.expected is not None,
-            expected_next,
-            expected_anchor,
-            fire.next_fire_at,
-            max(fire.fires, default=None),
-            fire.job,
-            fire.queue,
-            fire.args_json,
-            fire.priority,
-            fire.target_worker,
-            fire.expires,
-            list(fire.fires),
-            fire.max_attempts,
-            fire.max_restarts,
+            schedule=fire.schedule,
+            compare=fire.expected is not None,
+            expected_next=expected_next,
+            expected_anchor=expected_anchor,
+            next_fire_at=fire.next_fire_at,
+            last_fire_at=max(fire.fires, default=None),
+            job=fire.job,
+            queue=fire.queue,
+            args=fire.args_json,
+            priority=fire.priority,
+            target_worker=fire.target_worker,
+            expires=fire.expires,
+            fires=list(fire.fires),
+            max_attempts=fire.max_attempts,
+            max_restarts=fire.max_restarts,
         )
         assert row is not None  # the statement always returns one row
         return FireResult(row["advanced"], tuple(row["run_ids"]))

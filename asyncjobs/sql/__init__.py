@@ -15,28 +15,56 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: A migration's header line naming the oldest code version that still works after it.
 _COMPATIBLE = re.compile(r"^-- compatible-with-code: (\d+)\s*$", re.MULTILINE)
 _POSITIONAL = re.compile(r"\$(\d+)")
-_COMMENT = re.compile(r"--[^\n]*")
-#: ``:now``, the test clock's time (NULL: the database's), not a ``::now`` cast
-_NOW = re.compile(r"(?<![:\w]):now\b")
+#: what the parameter scan passes over (string literals, comments, casts such as ``::text[]``)
+#: and what it translates: a named parameter, ``:name``
+_TOKEN = re.compile(r"'(?:[^']|'')*'|--[^\n]*|::\w+|(?<![:\w]):([a-z_][a-z0-9_]*)")
+_SKIPPED = re.compile(r"'(?:[^']|'')*'|--[^\n]*")
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """One named statement. A time-dependent one writes ``coalesce(:now, now())``: ``:now``
-    becomes the parameter after its last ``$n``, which the backend fills with its test
-    clock's time, or NULL to keep the database clock (``takes_now``)."""
+    """One named statement, its parameters written ``:name`` (or ``$n``, the older style).
+
+    Each ``:name`` becomes a ``$n`` once, at load, numbered after the statement's last
+    ``$n`` in order of first use; ``params`` lists the names in that order, and the backend
+    passes values by name. ``:now`` is the time of a time-dependent statement
+    (``coalesce(:now, now())``): the backend fills it with its test clock's time, or NULL to
+    keep the database clock.
+    """
 
     name: str
     text: str
-    takes_now: bool = False
+    params: tuple[str, ...] = ()
+
+    @property
+    def takes_now(self) -> bool:
+        return "now" in self.params
+
+    def arguments(self, positional: Sequence[object], named: dict[str, object]) -> list[object]:
+        """The statement's arguments: ``positional`` for its ``$n``, then ``named`` in order;
+        a missing or unknown name is a bug in the caller, reported before any round trip."""
+        if set(named) != set(self.params):
+            raise TypeError(
+                f"query {self.name!r} takes {sorted(self.params)}, was given {sorted(named)}"
+            )
+        return [*positional, *(named[p] for p in self.params)]
 
 
 def _query(name: str, body: str) -> Query:
-    if not _NOW.search(body):
-        return Query(name, body)
-    code = _COMMENT.sub("", body)  # a comment may name a parameter ("in the last $2")
+    code = _SKIPPED.sub("", body)  # a comment may name a parameter ("in the last $2")
     last = max((int(n) for n in _POSITIONAL.findall(code)), default=0)
-    return Query(name, _NOW.sub(f"${last + 1}::timestamptz", body), takes_now=True)
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        param = match.group(1)
+        if param is None:
+            return match.group(0)
+        if param not in names:
+            names.append(param)
+        placeholder = f"${last + names.index(param) + 1}"
+        return f"{placeholder}::timestamptz" if param == "now" else placeholder
+
+    return Query(name, _TOKEN.sub(number, body), tuple(names))
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,10 +77,11 @@ ON CONFLICT (name) DO UPDATE
 -- runs_concurrency_key trigger reads the job's stored key field.
 WITH input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, u.*
-      FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[], $5::timestamptz[],
-                  $6::timestamptz[], $7::text[], $8::integer[], $9::bigint[], $10::bigint[],
-                  $11::asyncjobs.run_trigger[], $12::integer[], $13::jsonb[], $14::text[],
-                  $15::text[])
+      FROM unnest(:jobs::text[], :queues::text[], :args::jsonb[], :priorities::smallint[],
+                  :not_befores::timestamptz[], :not_afters::timestamptz[], :dedup_ids::text[],
+                  :max_attempts::integer[], :parent_run_ids::bigint[], :root_run_ids::bigint[],
+                  :triggers::asyncjobs.run_trigger[], :max_restarts::integer[],
+                  :trace_contexts::jsonb[], :step_keys::text[], :key_fields::text[])
            WITH ORDINALITY AS u(job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger,
                                 max_restarts, trace_context, step_key, key_field, ord)
@@ -385,19 +386,19 @@ SELECT * FROM asyncjobs.runs
  WHERE id = ANY ($1::bigint[]) AND status NOT IN ('pending', 'running');
 
 -- name: get_runs :many
--- Filtered page of runs, newest first; $6 is the cursor (an id: return ids below it).
+-- Filtered page of runs, newest first; :before_id is the cursor (return ids below it).
 SELECT * FROM asyncjobs.runs
- WHERE ($1::text IS NULL OR job = $1)
-   AND ($2::asyncjobs.run_status IS NULL OR status = $2)
-   AND ($3::bigint IS NULL OR parent_run_id = $3)
-   AND ($4::bigint IS NULL OR root_run_id = $4)
-   AND ($5::asyncjobs.run_trigger IS NULL OR trigger = $5)
-   AND ($6::bigint IS NULL OR id < $6)
-   AND ($8::timestamptz IS NULL OR created_at >= $8)
-   AND ($9::timestamptz IS NULL OR created_at < $9)
-   AND (NOT $10::boolean OR id = root_run_id)
+ WHERE (:job::text IS NULL OR job = :job)
+   AND (:status::asyncjobs.run_status IS NULL OR status = :status)
+   AND (:parent_run_id::bigint IS NULL OR parent_run_id = :parent_run_id)
+   AND (:root_run_id::bigint IS NULL OR root_run_id = :root_run_id)
+   AND (:trigger::asyncjobs.run_trigger IS NULL OR trigger = :trigger)
+   AND (:before_id::bigint IS NULL OR id < :before_id)
+   AND (:created_after::timestamptz IS NULL OR created_at >= :created_after)
+   AND (:created_before::timestamptz IS NULL OR created_at < :created_before)
+   AND (NOT :roots_only::boolean OR id = root_run_id)
  ORDER BY id DESC
- LIMIT $7;
+ LIMIT :limit;
 
 -- name: get_events :many
 -- Events of one run after event id $2.
@@ -483,34 +484,37 @@ UPDATE asyncjobs.schedules
 RETURNING name;
 
 -- name: fire_schedule :one
--- Fire ticks $13 of schedule $1 as runs, in one statement. With $2 (cluster-wide schedules)
--- the schedule row is first moved from the next_fire_at/anchor_at this scheduler read ($3, $4)
--- to $5: a compare-and-set, so of the schedulers racing for the same tick one advances the
--- schedule and fires, the others change nothing. Without $2 (an all_nodes copy for worker
--- $11) nothing is compared. Either way the unique index runs_schedule_fire_idx is what makes
--- a tick fire at most once (per worker): a second insert of the same tick is skipped.
+-- Fire ticks :fires of schedule :schedule as runs, in one statement. With :compare
+-- (cluster-wide schedules) the schedule row is first moved from the next_fire_at/anchor_at
+-- this scheduler read (:expected_next, :expected_anchor) to :next_fire_at: a compare-and-set,
+-- so of the schedulers racing for the same tick one advances the schedule and fires, the
+-- others change nothing. Without :compare (an all_nodes copy for worker :target_worker)
+-- nothing is compared. Either way the unique index runs_schedule_fire_idx is what makes a
+-- tick fire at most once (per worker): a second insert of the same tick is skipped.
 WITH advanced AS (
     UPDATE asyncjobs.schedules s
-       SET next_fire_at = CASE WHEN $2::boolean THEN $5::timestamptz
-                               ELSE greatest(s.next_fire_at, $5::timestamptz) END,
-           last_fire_at = greatest(s.last_fire_at, $6::timestamptz),
+       SET next_fire_at = CASE WHEN :compare::boolean THEN :next_fire_at::timestamptz
+                               ELSE greatest(s.next_fire_at, :next_fire_at::timestamptz) END,
+           last_fire_at = greatest(s.last_fire_at, :last_fire_at::timestamptz),
            updated_at = coalesce(:now, now())
-     WHERE s.name = $1 AND s.enabled
-       AND (NOT $2::boolean OR (s.next_fire_at IS NOT DISTINCT FROM $3::timestamptz
-                                AND s.anchor_at = $4::timestamptz))
+     WHERE s.name = :schedule AND s.enabled
+       AND (NOT :compare::boolean
+            OR (s.next_fire_at IS NOT DISTINCT FROM :expected_next::timestamptz
+                AND s.anchor_at = :expected_anchor::timestamptz))
     RETURNING s.name
 ),
 input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, f.fire_at
-      FROM unnest($13::timestamptz[]) AS f(fire_at)
+      FROM unnest(:fires::timestamptz[]) AS f(fire_at)
      WHERE EXISTS (SELECT FROM advanced)
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, max_attempts, root_run_id,
                                 trigger, schedule, scheduled_at, target_worker, not_after,
                                 max_restarts, not_before, created_at)
-    SELECT id, $7::text, $8::text, $9::jsonb, $10::smallint, $14::integer, id, 'schedule', $1,
-           fire_at, $11::text, fire_at + $12::interval, $15::integer, coalesce(:now, now()),
+    SELECT id, :job::text, :queue::text, :args::jsonb, :priority::smallint,
+           :max_attempts::integer, id, 'schedule', :schedule, fire_at, :target_worker::text,
+           fire_at + :expires::interval, :max_restarts::integer, coalesce(:now, now()),
            coalesce(:now, now())
       FROM input ORDER BY fire_at
     ON CONFLICT (schedule, scheduled_at, target_worker) WHERE schedule IS NOT NULL DO NOTHING
