@@ -427,18 +427,18 @@ class PostgresBackend:
     ) -> None:
         await self._execute(
             "register_definitions",
-            [q.name for q in queues],
-            [q.max_concurrency for q in queues],
-            [q.rate_limit.count if q.rate_limit else None for q in queues],
-            [q.rate_limit.period if q.rate_limit else None for q in queues],
-            [j.name for j in jobs],
-            [j.queue for j in jobs],
-            [j.max_concurrency for j in jobs],
-            [dumps(j.args_schema) for j in jobs],
-            [j.key_field for j in jobs],
-            [j.key_concurrency for j in jobs],
-            [j.rate_limit.count if j.rate_limit else None for j in jobs],
-            [j.rate_limit.period if j.rate_limit else None for j in jobs],
+            queue_names=[q.name for q in queues],
+            queue_max_concurrency=[q.max_concurrency for q in queues],
+            queue_rate_limits=[q.rate_limit.count if q.rate_limit else None for q in queues],
+            queue_rate_periods=[q.rate_limit.period if q.rate_limit else None for q in queues],
+            job_names=[j.name for j in jobs],
+            job_queues=[j.queue for j in jobs],
+            job_max_concurrency=[j.max_concurrency for j in jobs],
+            job_args_schemas=[dumps(j.args_schema) for j in jobs],
+            job_key_fields=[j.key_field for j in jobs],
+            job_key_concurrency=[j.key_concurrency for j in jobs],
+            job_rate_limits=[j.rate_limit.count if j.rate_limit else None for j in jobs],
+            job_rate_periods=[j.rate_limit.period if j.rate_limit else None for j in jobs],
         )
 
     async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
@@ -727,18 +727,18 @@ class PostgresBackend:
                     )
                 if ordered:
                     upsert = Q["upsert_schedules"]
-                    columns = (
-                        [d.name for d in ordered],
-                        [d.job for d in ordered],
-                        [d.cron for d in ordered],
-                        [d.every for d in ordered],
-                        [d.initial_delay for d in ordered],
-                        [d.timezone for d in ordered],
-                        [d.args_json for d in ordered],
-                        [d.misfire for d in ordered],
-                        [d.all_nodes for d in ordered],
-                    )
-                    await conn.execute(upsert.text, *self._args(upsert, columns, {}))
+                    columns = {
+                        "names": [d.name for d in ordered],
+                        "jobs": [d.job for d in ordered],
+                        "crons": [d.cron for d in ordered],
+                        "intervals": [d.every for d in ordered],
+                        "initial_delays": [d.initial_delay for d in ordered],
+                        "timezones": [d.timezone for d in ordered],
+                        "args": [d.args_json for d in ordered],
+                        "misfires": [d.misfire for d in ordered],
+                        "all_nodes": [d.all_nodes for d in ordered],
+                    }
+                    await conn.execute(upsert.text, *self._args(upsert, (), columns))
                 await conn.execute(
                     Q["delete_stale_schedules"].text, list(jobs), [d.name for d in ordered]
                 )

@@ -45,7 +45,8 @@ UPDATE asyncjobs.schema_version v SET compatible_from = u.compatible_from
 -- Upsert queues and jobs with their limits on worker start; `enabled` is left as it is.
 WITH queues AS (
     INSERT INTO asyncjobs.queues (name, max_concurrency, rate_limit, rate_period)
-    SELECT * FROM unnest($1::text[], $2::integer[], $3::integer[], $4::interval[])
+    SELECT * FROM unnest(:queue_names::text[], :queue_max_concurrency::integer[],
+                         :queue_rate_limits::integer[], :queue_rate_periods::interval[])
     ON CONFLICT (name) DO UPDATE
        SET max_concurrency = excluded.max_concurrency, rate_limit = excluded.rate_limit,
            rate_period = excluded.rate_period, updated_at = now()
@@ -54,8 +55,10 @@ WITH queues AS (
 )
 INSERT INTO asyncjobs.jobs (name, queue, max_concurrency, args_schema, key_field,
                            key_concurrency, rate_limit, rate_period)
-SELECT * FROM unnest($5::text[], $6::text[], $7::integer[], $8::jsonb[], $9::text[],
-                     $10::integer[], $11::integer[], $12::interval[])
+SELECT * FROM unnest(:job_names::text[], :job_queues::text[], :job_max_concurrency::integer[],
+                     :job_args_schemas::jsonb[], :job_key_fields::text[],
+                     :job_key_concurrency::integer[], :job_rate_limits::integer[],
+                     :job_rate_periods::interval[])
 ON CONFLICT (name) DO UPDATE
    SET queue = excluded.queue, max_concurrency = excluded.max_concurrency,
        args_schema = excluded.args_schema, key_field = excluded.key_field,
@@ -435,8 +438,9 @@ UPDATE asyncjobs.schedules s
 INSERT INTO asyncjobs.schedules AS s
        (name, job, cron, every, initial_delay, timezone, args, misfire, all_nodes, anchor_at)
 SELECT u.*, coalesce(:now, now())
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::interval[], $5::interval[],
-              $6::text[], $7::jsonb[], $8::text[], $9::boolean[]) AS u
+  FROM unnest(:names::text[], :jobs::text[], :crons::text[], :intervals::interval[],
+              :initial_delays::interval[], :timezones::text[], :args::jsonb[],
+              :misfires::text[], :all_nodes::boolean[]) AS u
  ORDER BY 1
 ON CONFLICT (name) DO UPDATE
    SET job = excluded.job, cron = excluded.cron, every = excluded.every,
