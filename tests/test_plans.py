@@ -40,19 +40,26 @@ def _args(name: str) -> tuple[Any, ...]:
     """The statement's parameters as asyncjobs/backends/postgres.py sends them (``:now`` last,
     NULL: the database clock)."""
     given = _given(name)
-    return (*given, None) if QUERIES[name].takes_now else given
+    positional = given if isinstance(given, tuple) else ()
+    named = {**given} if isinstance(given, dict) else {}
+    if QUERIES[name].takes_now:
+        named["now"] = None
+    return tuple(QUERIES[name].arguments(positional, named))
 
 
-def _given(name: str) -> tuple[Any, ...]:
+def _given(name: str) -> tuple[Any, ...] | dict[str, Any]:
     n = len(BATCH)
     attempts = [1] * n
     if name == "heartbeat":
-        return ("w1", BATCH, attempts, timedelta(seconds=20))
+        return {"worker": "w1", "ids": BATCH, "attempts": attempts,
+                "lease": timedelta(seconds=20)}
     if name == "complete_runs":
-        return ("w1", BATCH, attempts, ["succeeded"] * n, ["1"] * n, [None] * n, [None] * n,
-                [False] * n)
+        return {"worker": "w1", "ids": BATCH, "attempts": attempts,
+                "statuses": ["succeeded"] * n, "results": ["1"] * n, "errors": [None] * n,
+                "retry_in": [None] * n, "handback": [False] * n}
     if name == "add_events":
-        return ("w1", BATCH, attempts, ["progress"] * n, ['{"progress": 0.5}'] * n)
+        return {"worker": "w1", "run_ids": BATCH, "attempts": attempts,
+                "kinds": ["progress"] * n, "data": ['{"progress": 0.5}'] * n}
     if name in ("terminal_runs", "get_runs_by_ids_versioned"):
         return (BATCH,)
     if name == "cancel_runs":
@@ -210,7 +217,9 @@ async def test_fenced_statements_still_match_their_runs(
         events = await conn.fetch(QUERIES["add_events"].text, *_args("add_events"))
         assert len(events) == len(BATCH)
         # another worker's ids and a stale attempt are fenced off
-        stale = ("w2", *_args("heartbeat")[1:])
+        # "w2" in the :worker parameter's place
+        worker = QUERIES["heartbeat"].params.index("worker")
+        stale = tuple("w2" if i == worker else a for i, a in enumerate(_args("heartbeat")))
         beat = await conn.fetchrow(QUERIES["heartbeat"].text, *stale)
         assert beat is not None and list(beat["kept"]) == []
         done = await conn.fetch(QUERIES["complete_runs"].text, *_args("complete_runs"))

@@ -590,11 +590,11 @@ class PostgresBackend:
     ) -> list[RunRecord]:
         rows = await self._fetch(
             "claim_runs",
-            worker_id,
-            list(queues),
-            list(jobs),
-            capacity,
-            timedelta(seconds=lease_seconds),
+            worker=worker_id,
+            queues=list(queues),
+            jobs=list(jobs),
+            capacity=capacity,
+            lease=timedelta(seconds=lease_seconds),
         )
         batch = ClaimBatch(_record(row) for row in rows if row["id"] is not None)
         for row in rows:
@@ -607,14 +607,14 @@ class PostgresBackend:
             return set()
         rows = await self._fetch(
             "complete_runs",
-            worker_id,
-            [c.run_id for c in completions],
-            [c.attempt for c in completions],
-            [c.status.value for c in completions],
-            [c.result_json for c in completions],
-            [None if c.error is None else dumps(c.error) for c in completions],
-            [c.retry_in for c in completions],
-            [c.handback for c in completions],
+            worker=worker_id,
+            ids=[c.run_id for c in completions],
+            attempts=[c.attempt for c in completions],
+            statuses=[c.status.value for c in completions],
+            results=[c.result_json for c in completions],
+            errors=[None if c.error is None else dumps(c.error) for c in completions],
+            retry_in=[c.retry_in for c in completions],
+            handback=[c.handback for c in completions],
         )
         return {row["id"] for row in rows}
 
@@ -623,10 +623,10 @@ class PostgresBackend:
     ) -> Heartbeat:
         row = await self._fetchrow(
             "heartbeat",
-            worker_id,
-            [r[0] for r in runs],
-            [r[1] for r in runs],
-            timedelta(seconds=lease_seconds),
+            worker=worker_id,
+            ids=[r[0] for r in runs],
+            attempts=[r[1] for r in runs],
+            lease=timedelta(seconds=lease_seconds),
         )
         assert row is not None  # an aggregate always returns one row
         return Heartbeat(
@@ -653,11 +653,11 @@ class PostgresBackend:
             return 0
         rows = await self._fetch(
             "add_events",
-            worker_id,
-            [e[0] for e in events],
-            [e[1] for e in events],
-            [e[2] for e in events],
-            [dumps(e[3]) for e in events],
+            worker=worker_id,
+            run_ids=[e[0] for e in events],
+            attempts=[e[1] for e in events],
+            kinds=[e[2] for e in events],
+            data=[dumps(e[3]) for e in events],
         )
         return len(rows)
 
@@ -666,12 +666,12 @@ class PostgresBackend:
     async def register_worker(self, info: WorkerInfo) -> None:
         await self._execute(
             "register_worker",
-            info.id,
-            info.host,
-            info.pid,
-            list(info.queues),
-            list(info.jobs),
-            info.concurrency,
+            id=info.id,
+            host=info.host,
+            pid=info.pid,
+            queues=list(info.queues),
+            jobs=list(info.jobs),
+            concurrency=info.concurrency,
         )
 
     async def unregister_worker(self, worker_id: str) -> None:
@@ -704,7 +704,7 @@ class PostgresBackend:
         return [_record(row) for row in rows]
 
     async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]:
-        rows = await self._fetch("get_events", run_id, after_id, limit)
+        rows = await self._fetch("get_events", run_id=run_id, after_id=after_id, limit=limit)
         return [
             RunEvent(
                 row["id"], row["run_id"], row["root_run_id"], row["at"], row["kind"], row["data"]
@@ -794,8 +794,8 @@ class PostgresBackend:
         key_full = row["key_limit"] is not None and row["key_running"] >= row["key_limit"]
         if run.status is RunStatus.PENDING and (job_full or queue_full or key_full):
             holders = await self._fetch(
-                "slot_holders", run.job, run.queue, job_full, queue_full,
-                run.concurrency_key, key_full,
+                "slot_holders", job=run.job, queue=run.queue, job_full=job_full,
+                queue_full=queue_full, key=run.concurrency_key, key_full=key_full,
             )  # fmt: skip
             found = [
                 SlotHolder(

@@ -112,7 +112,8 @@ created AS (
       FROM inserted
 ),
 notified AS (
-    SELECT asyncjobs.notify(array_agg(DISTINCT queue) FILTER (WHERE not_before <= coalesce(:now, now())))
+    SELECT asyncjobs.notify(array_agg(DISTINCT queue)
+                                FILTER (WHERE not_before <= coalesce(:now, now())))
       FROM inserted HAVING count(*) > 0
 )
 SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
@@ -139,9 +140,10 @@ SELECT r.job, r.dedup_id, r.id
  WHERE r.status IN ('pending', 'running');
 
 -- name: claim_runs :many
--- Claim up to $4 runs for worker $1 (see asyncjobs.claim_runs in schema.sql); a last row
+-- Claim up to :capacity runs for worker :worker (see asyncjobs.claim_runs in schema.sql); a
+-- last row
 -- with a NULL id, if any, says when a full rate limit allows the next start.
-SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5, true, :now);
+SELECT * FROM asyncjobs.claim_runs(:worker, :queues, :jobs, :capacity, :lease, true, :now);
 
 -- name: complete_runs :many
 -- Finish a batch of runs, fenced: a row changes only while (id, attempt, worker) still owns it
@@ -150,8 +152,9 @@ SELECT * FROM asyncjobs.claim_runs($1, $2, $3, $4, $5, true, :now);
 -- return to pending (trigger 'restart', graceful shutdown) and count as neither a retry nor a
 -- restart.
 WITH input AS (
-    SELECT * FROM unnest($2::bigint[], $3::integer[], $4::asyncjobs.run_status[], $5::jsonb[],
-                         $6::jsonb[], $7::float8[], $8::boolean[])
+    SELECT * FROM unnest(:ids::bigint[], :attempts::integer[],
+                         :statuses::asyncjobs.run_status[], :results::jsonb[],
+                         :errors::jsonb[], :retry_in::float8[], :handback::boolean[])
            AS u(id, attempt, status, result, error, retry_in, handback)
 ),
 done AS (
@@ -160,9 +163,11 @@ done AS (
            trigger = CASE WHEN i.retry_in IS NOT NULL THEN 'retry'
                           WHEN i.handback THEN 'restart' ELSE r.trigger END,
            not_before = CASE WHEN i.retry_in IS NOT NULL
-                             THEN coalesce(:now, now()) + make_interval(secs => i.retry_in) ELSE r.not_before END,
+                             THEN coalesce(:now, now()) + make_interval(secs => i.retry_in)
+                             ELSE r.not_before END,
            retries = r.retries + CASE WHEN i.retry_in IS NOT NULL THEN 1 ELSE 0 END,
-           finished_at = CASE WHEN i.retry_in IS NOT NULL OR i.handback THEN NULL ELSE coalesce(:now, now()) END,
+           finished_at = CASE WHEN i.retry_in IS NOT NULL OR i.handback THEN NULL
+                              ELSE coalesce(:now, now()) END,
            worker_id = NULL, lease_expires_at = NULL,
            result = i.result,
            error = i.error,
@@ -170,8 +175,8 @@ done AS (
            progress = CASE WHEN i.status = 'succeeded' AND i.retry_in IS NULL AND NOT i.handback
                            THEN 1 ELSE r.progress END
       FROM input i
-     WHERE r.id = ANY ($2::bigint[]) AND r.id = i.id AND r.attempt = i.attempt
-       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
+     WHERE r.id = ANY (:ids::bigint[]) AND r.id = i.id AND r.attempt = i.attempt
+       AND r.worker_id = :worker AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
     RETURNING r.id, r.root_run_id, r.status, r.attempt, r.not_before, r.queue, r.job, i.error,
               i.retry_in
 ),
@@ -201,17 +206,18 @@ notified AS (
 SELECT d.id FROM done d LEFT JOIN notified ON true;
 
 -- name: heartbeat :one
--- Mark worker $1 alive and extend the leases it still holds (fenced by attempt). Returns the
+-- Mark worker :worker alive and extend the leases it still holds (fenced by attempt). Returns the
 -- runs it kept, and those among them whose cancellation was requested.
 WITH alive AS (
-    UPDATE asyncjobs.workers SET heartbeat_at = coalesce(:now, now()) WHERE id = $1 RETURNING id
+    UPDATE asyncjobs.workers SET heartbeat_at = coalesce(:now, now())
+     WHERE id = :worker RETURNING id
 ),
 extended AS (
     UPDATE asyncjobs.runs r
-       SET lease_expires_at = coalesce(:now, now()) + $4::interval
-      FROM unnest($2::bigint[], $3::integer[]) AS u(id, attempt)
-     WHERE r.id = ANY ($2::bigint[]) AND r.id = u.id AND r.attempt = u.attempt
-       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
+       SET lease_expires_at = coalesce(:now, now()) + :lease::interval
+      FROM unnest(:ids::bigint[], :attempts::integer[]) AS u(id, attempt)
+     WHERE r.id = ANY (:ids::bigint[]) AND r.id = u.id AND r.attempt = u.attempt
+       AND r.worker_id = :worker AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
     RETURNING r.id, r.cancel_requested
 )
 SELECT (SELECT count(*) FROM alive) > 0 AS registered,
@@ -242,7 +248,8 @@ stale AS (
                                        || ' times (max_restarts ' || max_restarts || ')'
                                   ELSE '' END) AS error
       FROM asyncjobs.runs
-     WHERE status = 'running' AND lease_expires_at < coalesce(:now, now()) AND (SELECT ok FROM settled)
+     WHERE status = 'running' AND lease_expires_at < coalesce(:now, now())
+       AND (SELECT ok FROM settled)
      ORDER BY lease_expires_at LIMIT $2
        FOR UPDATE SKIP LOCKED
 ),
@@ -254,7 +261,8 @@ rescued AS (
            restarts = r.restarts + CASE WHEN stale.restart AND NOT r.cancel_requested
                                         THEN 1 ELSE 0 END,
            trigger = 'restart',
-           finished_at = CASE WHEN r.cancel_requested OR NOT stale.restart THEN coalesce(:now, now()) END,
+           finished_at = CASE WHEN r.cancel_requested OR NOT stale.restart
+                              THEN coalesce(:now, now()) END,
            error = stale.error,
            errors = r.errors || stale.error,
            worker_id = NULL, lease_expires_at = NULL
@@ -319,7 +327,8 @@ cancelled AS (
     UPDATE asyncjobs.runs r
        SET status = CASE WHEN l.status = 'pending' THEN 'cancelled'::asyncjobs.run_status
                          ELSE r.status END,
-           finished_at = CASE WHEN l.status = 'pending' THEN coalesce(:now, now()) ELSE r.finished_at END,
+           finished_at = CASE WHEN l.status = 'pending' THEN coalesce(:now, now())
+                              ELSE r.finished_at END,
            cancel_requested = true
       FROM locked l WHERE r.id = l.id
     RETURNING r.id, r.root_run_id, r.status
@@ -341,14 +350,14 @@ SELECT c.id, c.status FROM cancelled c LEFT JOIN notified ON true;
 -- Progress and log events from running jobs, fenced like completions. Progress also updates
 -- the run row so that lists show it without reading events.
 WITH input AS (
-    SELECT * FROM unnest($2::bigint[], $3::integer[], $4::text[], $5::jsonb[])
+    SELECT * FROM unnest(:run_ids::bigint[], :attempts::integer[], :kinds::text[], :data::jsonb[])
            WITH ORDINALITY AS u(run_id, attempt, kind, data, ord)
 ),
 owned AS (
     SELECT i.*, r.root_run_id FROM input i
-      JOIN asyncjobs.runs r ON r.id = i.run_id AND r.attempt = i.attempt AND r.worker_id = $1
+      JOIN asyncjobs.runs r ON r.id = i.run_id AND r.attempt = i.attempt AND r.worker_id = :worker
                             AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
-     WHERE r.id = ANY ($2::bigint[])
+     WHERE r.id = ANY (:run_ids::bigint[])
 ),
 progressed AS (
     UPDATE asyncjobs.runs r
@@ -357,8 +366,8 @@ progressed AS (
       FROM (SELECT DISTINCT ON (run_id) run_id, attempt, data FROM owned
              WHERE kind = 'progress' ORDER BY run_id, ord DESC) p
      -- re-checked after the row lock: a completion that won the race keeps its progress
-     WHERE r.id = ANY ($2::bigint[]) AND r.id = p.run_id AND r.attempt = p.attempt
-       AND r.worker_id = $1 AND r.lease_expires_at IS NOT NULL
+     WHERE r.id = ANY (:run_ids::bigint[]) AND r.id = p.run_id AND r.attempt = p.attempt
+       AND r.worker_id = :worker AND r.lease_expires_at IS NOT NULL
 ),
 inserted AS (
     INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
@@ -374,7 +383,8 @@ SELECT i.id FROM inserted i LEFT JOIN notified ON true;
 -- A worker announces itself; the row is its liveness record.
 INSERT INTO asyncjobs.workers (id, host, pid, queues, jobs, concurrency, started_at,
                                heartbeat_at)
-VALUES ($1, $2, $3, $4, $5, $6, coalesce(:now, now()), coalesce(:now, now()))
+VALUES (:id, :host, :pid, :queues, :jobs, :concurrency, coalesce(:now, now()),
+        coalesce(:now, now()))
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = coalesce(:now, now());
 
 -- name: unregister_worker :exec
@@ -404,12 +414,12 @@ SELECT * FROM asyncjobs.runs
  LIMIT :limit;
 
 -- name: get_events :many
--- Events of one run after event id $2.
+-- Events of one run after event id :after_id.
 -- (through the root's index: a per-run index would cost every event write an index entry)
 SELECT e.* FROM asyncjobs.run_events e
- WHERE e.root_run_id = (SELECT root_run_id FROM asyncjobs.runs WHERE id = $1)
-   AND e.run_id = $1 AND e.id > $2
- ORDER BY e.id LIMIT $3;
+ WHERE e.root_run_id = (SELECT root_run_id FROM asyncjobs.runs WHERE id = :run_id)
+   AND e.run_id = :run_id AND e.id > :after_id
+ ORDER BY e.id LIMIT :limit;
 
 -- name: set_job_enabled :one
 UPDATE asyncjobs.jobs SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING name;
@@ -605,8 +615,9 @@ SELECT coalesce(:now, now()) AS now,
  WHERE r.id = $1;
 
 -- name: slot_holders :many
--- The running runs that hold the slots of job $1 (when $3), of queue $2 (when $4) or of key
--- $5 of job $1 (when $6), each
+-- The running runs that hold the slots of job :job (when :job_full), of queue :queue (when
+-- :queue_full) or of key
+-- :key of job :job (when :key_full), each
 -- with its active children: a parent waiting on a child still holds its slot.
 SELECT r.id, r.job, r.queue, r.worker_id, r.started_at, r.concurrency_key,
        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM asyncjobs.runs c
@@ -614,8 +625,8 @@ SELECT r.id, r.job, r.queue, r.worker_id, r.started_at, r.concurrency_key,
            AND c.status IN ('pending', 'running')) AS waiting_on
   FROM asyncjobs.runs r
  WHERE r.status = 'running'
-   AND (($3 AND r.job = $1) OR ($4 AND r.queue = $2)
-        OR ($6 AND r.job = $1 AND r.concurrency_key = $5))
+   AND ((:job_full AND r.job = :job) OR (:queue_full AND r.queue = :queue)
+        OR (:key_full AND r.job = :job AND r.concurrency_key = :key))
  ORDER BY r.started_at, r.id
  LIMIT 100;
 
@@ -812,7 +823,8 @@ SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
 -- Registered workers with the runs each holds now (one pass over the running rows, which
 -- runs_running_idx keeps apart; the first $1 of them by id, with their jobs), and the
 -- database clock to judge their heartbeats by.
-SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency, w.started_at,
+SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency,
+       w.started_at,
        w.heartbeat_at, coalesce(r.running, 0) AS running,
        coalesce(r.run_ids[1:$1], '{}') AS run_ids, coalesce(r.run_jobs[1:$1], '{}') AS run_jobs
   FROM asyncjobs.workers w
