@@ -84,13 +84,22 @@ async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[str
 
 
 def _enqueue_args(job: str, n: int) -> list[Any]:
-    return [[job] * n, ["default"] * n, [json.dumps({"i": i}) for i in range(n)], [0] * n,
-            [None] * n, [None] * n, [None] * n, [1] * n, [None] * n, [None] * n, ["user"] * n,
-            [0] * n, [None] * n]  # fmt: skip
+    return QUERIES["enqueue_runs"].arguments((), {
+        "jobs": [job] * n, "queues": ["default"] * n,
+        "args": [json.dumps({"i": i}) for i in range(n)], "priorities": [0] * n,
+        "not_befores": [None] * n, "not_afters": [None] * n, "dedup_ids": [None] * n,
+        "max_attempts": [1] * n, "parent_run_ids": [None] * n, "root_run_ids": [None] * n,
+        "triggers": ["user"] * n, "max_restarts": [0] * n, "trace_contexts": [None] * n,
+        "step_keys": [None] * n, "key_fields": [None] * n, "now": None,
+    })  # fmt: skip
 
 
 def _get_runs_args(job: str | None, status: str | None) -> list[Any]:
-    return [job, status, None, None, None, None, 50, None, None]
+    return QUERIES["get_runs"].arguments((), {
+        "job": job, "status": status, "parent_run_id": None, "root_run_id": None,
+        "trigger": None, "before_id": None, "created_after": None, "created_before": None,
+        "roots_only": False, "limit": 50,
+    })  # fmt: skip
 
 
 async def plans_at(dsn: str, job: str, size: int) -> dict[str, tuple[str, float]]:
@@ -108,7 +117,7 @@ async def plans_at(dsn: str, job: str, size: int) -> dict[str, tuple[str, float]
             "list_failed": await explain(conn, QUERIES["get_runs"].text,
                                          *_get_runs_args(None, "failed")),
             "explain_facts_newest": await explain(conn, QUERIES["run_facts"].text, size,
-                                                  timedelta(seconds=60)),
+                                                  timedelta(seconds=60), None),
         }  # fmt: skip
     finally:
         await conn.close()

@@ -579,11 +579,13 @@ async def explain_claim(dsn: str, capacity: int) -> dict[str, Any]:
             claimed = await conn.fetch(claim_sql, worker_id, *args)
             out["claim_ms_with_explain"] = round((time.perf_counter() - t0) * 1000, 2)
             ids = [r["id"] for r in claimed]
-            await conn.fetch(
-                QUERIES["complete_runs"].text, worker_id, ids, [r["attempt"] for r in claimed],
-                ["succeeded"] * len(ids), ["null"] * len(ids), [None] * len(ids),
-                [None] * len(ids), [False] * len(ids),
-            )
+            complete = QUERIES["complete_runs"]
+            await conn.fetch(complete.text, *complete.arguments((), {
+                "worker": worker_id, "ids": ids, "attempts": [r["attempt"] for r in claimed],
+                "statuses": ["succeeded"] * len(ids), "results": ["null"] * len(ids),
+                "errors": [None] * len(ids), "retry_in": [None] * len(ids),
+                "handback": [False] * len(ids), "now": None,
+            }))
             await asyncio.sleep(0.1)  # asyncpg hands notices to the listener via the loop
             raise _Rollback
     except _Rollback:
