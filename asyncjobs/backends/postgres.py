@@ -685,7 +685,7 @@ class PostgresBackend:
 
     async def get_runs(self, where: RunFilter) -> list[RunRecord]:
         rows = await self._fetch(
-            "get_runs",
+            "get_runs" if where.parent_run_id is None else "get_runs_of_parent",
             job=where.job,
             status=where.status,
             parent_run_id=where.parent_run_id,

@@ -413,6 +413,23 @@ SELECT * FROM asyncjobs.runs
  ORDER BY id DESC
  LIMIT :limit;
 
+-- name: get_runs_of_parent :many
+-- get_runs for a page of one run's children: the same filters, the parent required. A
+-- statement of its own because `:parent_run_id IS NULL OR parent_run_id = :parent_run_id`
+-- cannot use runs_parent_idx in a generic plan (asyncpg's prepared statements get one).
+SELECT * FROM asyncjobs.runs
+ WHERE (:job::text IS NULL OR job = :job)
+   AND (:status::asyncjobs.run_status IS NULL OR status = :status)
+   AND parent_run_id = :parent_run_id::bigint
+   AND (:root_run_id::bigint IS NULL OR root_run_id = :root_run_id)
+   AND (:trigger::asyncjobs.run_trigger IS NULL OR trigger = :trigger)
+   AND (:before_id::bigint IS NULL OR id < :before_id)
+   AND (:created_after::timestamptz IS NULL OR created_at >= :created_after)
+   AND (:created_before::timestamptz IS NULL OR created_at < :created_before)
+   AND (NOT :roots_only::boolean OR id = root_run_id)
+ ORDER BY id DESC
+ LIMIT :limit;
+
 -- name: get_events :many
 -- Events of one run after event id :after_id.
 -- (through the root's index: a per-run index would cost every event write an index entry)
