@@ -32,8 +32,9 @@ TOTAL = 1_000_000
 #: the batch: 100 runs of worker "w1" (attempt 1), running in both states measured
 BATCH = list(range(TOTAL - 1000 + 1, TOTAL + 1, 10))
 PLAN_MODES = ("force_custom_plan", "force_generic_plan")
-#: indexes a by-id statement may use on runs (cancel_runs finds descendants by root)
-ALLOWED = {"runs_pkey", "runs_root_idx"}
+#: indexes a by-id statement may use on runs (cancel_runs finds descendants by their root or
+#: their parent: both lead with the id it already has, never with the status)
+ALLOWED = {"runs_pkey", "runs_root_idx", "runs_parent_idx"}
 
 
 def _args(name: str) -> tuple[Any, ...]:
