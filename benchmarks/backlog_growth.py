@@ -116,8 +116,11 @@ async def plans_at(dsn: str, job: str, size: int) -> dict[str, tuple[str, float]
                                           *_get_runs_args(None, "pending")),
             "list_failed": await explain(conn, QUERIES["get_runs"].text,
                                          *_get_runs_args(None, "failed")),
-            "explain_facts_newest": await explain(conn, QUERIES["run_facts"].text, size,
-                                                  timedelta(seconds=60), None),
+            "explain_facts_newest": await explain(
+                conn, QUERIES["run_facts"].text, *QUERIES["run_facts"].arguments((), {
+                    "run_id": size, "worker_ttl": timedelta(seconds=60), "now": None,
+                }),
+            ),
         }  # fmt: skip
     finally:
         await conn.close()

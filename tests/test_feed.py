@@ -259,10 +259,12 @@ async def test_the_feed_queries_use_their_indexes(backend: PostgresBackend) -> N
             "SELECT g, g / 10, 'log' FROM generate_series(1, 20000) g"
         )
         await conn.execute("ANALYZE asyncjobs.run_events")
-        for name, args, index in [
-            ("read_feed", "'5'::xid8, 100, 500, '5 s'", "run_events_feed_idx"),
-            ("read_tree_feed", "'5'::xid8, 100, 500, '5 s', 7", "run_events_root_feed_idx"),
+        position = {"after_xid": "'5'::xid8", "after_id": "100", "limit": "500", "grace": "'5 s'"}
+        for name, named, index in [
+            ("read_feed", position, "run_events_feed_idx"),
+            ("read_tree_feed", {**position, "root_run_id": "7"}, "run_events_root_feed_idx"),
         ]:
+            args = ", ".join(named[p] for p in sql.QUERIES[name].params)  # literals, in order
             query = sql.QUERIES[name].text.rstrip().rstrip(";")
             await conn.execute(f"PREPARE q AS {query}")
             plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE q({args})"))

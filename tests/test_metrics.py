@@ -138,8 +138,10 @@ async def test_the_gauges_query_reads_no_finished_run(dsn: str) -> None:
         """)  # fmt: skip
         explained = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + QUERIES["cluster_gauges"].text,
-            timedelta(seconds=30),
-            None,  # :now, the database clock
+            # :now NULL: the database clock
+            *QUERIES["cluster_gauges"].arguments(
+                (), {"worker_ttl": timedelta(seconds=30), "now": None}
+            ),
         )
     finally:
         await conn.close()

@@ -38,17 +38,15 @@ ALLOWED = {"runs_pkey", "runs_root_idx", "runs_parent_idx"}
 
 
 def _args(name: str) -> tuple[Any, ...]:
-    """The statement's parameters as asyncjobs/backends/postgres.py sends them (``:now`` last,
+    """The statement's parameters as asyncjobs/backends/postgres.py sends them (``:now``
     NULL: the database clock)."""
-    given = _given(name)
-    positional = given if isinstance(given, tuple) else ()
-    named = {**given} if isinstance(given, dict) else {}
+    named = _given(name)
     if QUERIES[name].takes_now:
         named["now"] = None
-    return tuple(QUERIES[name].arguments(positional, named))
+    return tuple(QUERIES[name].arguments((), named))
 
 
-def _given(name: str) -> tuple[Any, ...] | dict[str, Any]:
+def _given(name: str) -> dict[str, Any]:
     n = len(BATCH)
     attempts = [1] * n
     if name == "heartbeat":
@@ -62,11 +60,13 @@ def _given(name: str) -> tuple[Any, ...] | dict[str, Any]:
         return {"worker": "w1", "run_ids": BATCH, "attempts": attempts,
                 "kinds": ["progress"] * n, "data": ['{"progress": 0.5}'] * n}
     if name in ("terminal_runs", "get_runs_by_ids_versioned"):
-        return (BATCH,)
+        return {"ids": BATCH}
     if name == "cancel_runs":
-        return (BATCH[0], True)
-    if name in ("get_run", "run_facts"):
-        return (BATCH[0],) if name == "get_run" else (BATCH[0], timedelta(seconds=30))
+        return {"run_id": BATCH[0], "cascade": True}
+    if name == "get_run":
+        return {"id": BATCH[0]}
+    if name == "run_facts":
+        return {"run_id": BATCH[0], "worker_ttl": timedelta(seconds=30)}
     raise AssertionError(name)
 
 

@@ -42,9 +42,9 @@ def _page(**filters: Any) -> dict[str, Any]:
     }
 
 
-#: statement -> the arguments to explain it with (several for filters that change the plan):
-#: a tuple for ``$n``, a dict for ``:name`` parameters (``:now`` is added, NULL)
-CHECKED: dict[str, list[tuple[Any, ...] | dict[str, Any]]] = {
+#: statement -> the arguments to explain it with, by name (several for filters that change the
+#: plan; ``:now`` is added, NULL)
+CHECKED: dict[str, list[dict[str, Any]]] = {
     "enqueue_runs": [{
         "jobs": ["j1"], "queues": ["default"], "args": ["{}"], "priorities": [0],
         "not_befores": [None], "not_afters": [None], "dedup_ids": ["d"], "max_attempts": [1],
@@ -52,10 +52,10 @@ CHECKED: dict[str, list[tuple[Any, ...] | dict[str, Any]]] = {
         "max_restarts": [10], "trace_contexts": [None], "step_keys": [None],
         "key_fields": [None],
     }],
-    "runs_by_step": [(IDS, ["s"] * len(IDS))],
-    "active_run_ids_by_dedup": [(["j1"], ["d"])],
-    "release_step": [(ROOT, "s")],
-    "sweep": [(timedelta(seconds=30), 500)],
+    "runs_by_step": [{"parent_run_ids": IDS, "step_keys": ["s"] * len(IDS)}],
+    "active_run_ids_by_dedup": [{"jobs": ["j1"], "dedup_ids": ["d"]}],
+    "release_step": [{"parent_run_id": ROOT, "step_key": "s"}],
+    "sweep": [{"worker_ttl": timedelta(seconds=30), "batch": 500}],
     "get_runs": [
         _page(),
         _page(job="j3"),
@@ -66,15 +66,15 @@ CHECKED: dict[str, list[tuple[Any, ...] | dict[str, Any]]] = {
     ],
     "get_runs_of_parent": [_page(parent_run_id=ROOT), _page(parent_run_id=ROOT, job="j3")],
     "get_events": [{"run_id": ROOT + 3, "after_id": 0, "limit": 100}],
-    "get_runs_by_ids_versioned": [(IDS,)],
-    "get_tree": [(ROOT, 1000)],
-    "run_facts": [(ROOT + 3, timedelta(seconds=30))],
+    "get_runs_by_ids_versioned": [{"ids": IDS}],
+    "get_tree": [{"root_run_id": ROOT, "limit": 1000}],
+    "run_facts": [{"run_id": ROOT + 3, "worker_ttl": timedelta(seconds=30)}],
     "slot_holders": [{"job": "j1", "queue": "default", "job_full": True, "queue_full": True,
                       "key": "k", "key_full": True}],
-    "job_summary": [(["j1"], HOUR)],
-    "get_workers": [(100,)],
-    "feed_position": [(timedelta(seconds=5),)],
-    "prune_trees": [(datetime(2000, 1, 1, tzinfo=UTC), 500)],
+    "job_summary": [{"jobs": ["j1"], "window": HOUR}],
+    "get_workers": [{"max_runs": 100}],
+    "feed_position": [{"grace": timedelta(seconds=5)}],
+    "prune_trees": [{"finished_before": datetime(2000, 1, 1, tzinfo=UTC), "max_trees": 500}],
 }
 
 #: statements whose plan another test checks, on a table built for it
@@ -176,14 +176,11 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def _with_now(name: str, args: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
+def _with_now(name: str, args: dict[str, Any]) -> list[Any]:
     """The statement's arguments as the backend sends them, ``:now`` NULL."""
     query = QUERIES[name]
-    positional = args if isinstance(args, tuple) else ()
-    named = {**args} if isinstance(args, dict) else {}
-    if query.takes_now:
-        named["now"] = None
-    return query.arguments(positional, named)
+    named = {**args, "now": None} if query.takes_now else args
+    return query.arguments((), named)
 
 
 def test_every_query_is_checked_or_listed() -> None:
@@ -220,8 +217,9 @@ async def test_versions_read_the_run_tree_only(conn: asyncpg.Connection) -> None
     """The ``version`` of a run is found through its root's events: the pages read stay
     those of a few trees, not of the events table."""
     # the oldest trees: a walk of run_events backwards by id would pass every later event
-    for name, args in (("get_runs_by_ids_versioned", (list(range(1, 100, 10)),)),
-                       ("get_tree", (1, 100))):
+    for name, named in (("get_runs_by_ids_versioned", {"ids": list(range(1, 100, 10))}),
+                        ("get_tree", {"root_run_id": 1, "limit": 100})):
+        args = _with_now(name, named)
         text = await conn.fetchval(
             f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {QUERIES[name].text}", *args
         )

@@ -45,3 +45,12 @@ def test_no_named_parameter_is_left_in_any_query() -> None:
     for query in sql.QUERIES.values():
         code = re.sub(r"'(?:[^']|'')*'|--[^\n]*|::\w+", "", query.text)
         assert re.search(r"(?<![:\w]):[a-z_]", code) is None, query.name
+
+
+def test_every_query_names_its_parameters() -> None:
+    """Callers pass values by name only (the backend's helpers take no positional values), so
+    a ``$n`` written in a .sql file could never be given one."""
+    for query in sql.QUERIES.values():
+        code = re.sub(r"'(?:[^']|'')*'|--[^\n]*", "", query.text)
+        numbers = {int(n) for n in re.findall(r"\$(\d+)", code)}
+        assert numbers == set(range(1, len(query.params) + 1)), query.name

@@ -329,11 +329,12 @@ async def test_the_view_queries_read_indexes_not_the_whole_table(dsn: str) -> No
         )
         await conn.execute("ANALYZE asyncjobs.runs")
         plans = {}
-        for name, args in [
-            # the last parameter is :now, NULL: the database clock
-            ("finished_per_minute", "interval '1 hour', NULL"),
-            ("cluster_gauges", "interval '30 s', NULL"),
+        for name, named in [
+            # :now NULL: the database clock
+            ("finished_per_minute", {"window": "interval '1 hour'", "now": "NULL"}),
+            ("cluster_gauges", {"worker_ttl": "interval '30 s'", "now": "NULL"}),
         ]:
+            args = ", ".join(named[p] for p in sql.QUERIES[name].params)  # literals, in order
             query = sql.QUERIES[name].text.rstrip().rstrip(";")
             await conn.execute(f"PREPARE q AS {query}")
             rows = await conn.fetch(f"EXPLAIN (ANALYZE, FORMAT TEXT) EXECUTE q({args})")

@@ -223,9 +223,11 @@ async def apply_migrations(
         if await conn.fetchval(Q["records_compatibility"].text):
             await conn.execute(
                 Q["record_compatibility"].text,
-                [m.version for m in migrations],
-                [m.compatible_from for m in migrations],
-            )
+                *Q["record_compatibility"].arguments((), {
+                    "versions": [m.version for m in migrations],
+                    "compatible_from": [m.compatible_from for m in migrations],
+                }),
+            )  # fmt: skip
         after: int = await conn.fetchval(Q["schema_version"].text)
         return before, after
 
@@ -396,29 +398,29 @@ class PostgresBackend:
         # now), waiters and schedulers look again, workers heartbeat at the new time
         self._listener.dispatch(Notification(all_queues=True, reconnected=True))
 
-    def _args(self, query: sql.Query, args: tuple[Any, ...], named: dict[str, Any]) -> list[Any]:
-        """``args`` for the ``$n``, then the named parameters (``:now``: the clock's time)."""
+    def _args(self, query: sql.Query, named: dict[str, Any]) -> list[Any]:
+        """The statement's arguments, by name (``:now``: the clock's time)."""
         if query.takes_now:
             named = {**named, "now": self.clock_now()}
-        return query.arguments(args, named)
+        return query.arguments((), named)
 
     # ------------------------------------------------------------------ helpers
 
-    async def _fetch(self, name: str, *args: Any, **named: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, name: str, /, **named: Any) -> list[asyncpg.Record]:
         with translate_errors():
-            return await self.pool.fetch(Q[name].text, *self._args(Q[name], args, named))
+            return await self.pool.fetch(Q[name].text, *self._args(Q[name], named))
 
-    async def _fetchrow(self, name: str, *args: Any, **named: Any) -> asyncpg.Record | None:
+    async def _fetchrow(self, name: str, /, **named: Any) -> asyncpg.Record | None:
         with translate_errors():
-            return await self.pool.fetchrow(Q[name].text, *self._args(Q[name], args, named))
+            return await self.pool.fetchrow(Q[name].text, *self._args(Q[name], named))
 
-    async def _fetchval(self, name: str, *args: Any, **named: Any) -> Any:
+    async def _fetchval(self, name: str, /, **named: Any) -> Any:
         with translate_errors():
-            return await self.pool.fetchval(Q[name].text, *self._args(Q[name], args, named))
+            return await self.pool.fetchval(Q[name].text, *self._args(Q[name], named))
 
-    async def _execute(self, name: str, *args: Any, **named: Any) -> None:
+    async def _execute(self, name: str, /, **named: Any) -> None:
         with translate_errors():
-            await self.pool.execute(Q[name].text, *self._args(Q[name], args, named))
+            await self.pool.execute(Q[name].text, *self._args(Q[name], named))
 
     # ------------------------------------------------------------------ definitions
 
@@ -447,7 +449,7 @@ class PostgresBackend:
             "queue": "set_queue_enabled",
             "schedule": "set_schedule_enabled",
         }[kind]
-        return await self._fetchval(query, name, enabled) is not None
+        return await self._fetchval(query, name=name, enabled=enabled) is not None
 
     # ------------------------------------------------------------------ runs
 
@@ -491,7 +493,7 @@ class PostgresBackend:
                 "step_keys": [r.step_key for r in runs],
                 "key_fields": [r.key_field for r in runs],
             }
-            return await conn.fetch(query.text, *self._args(query, (), named))
+            return await conn.fetch(query.text, *self._args(query, named))
 
     async def _enqueue_on(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
@@ -547,9 +549,11 @@ class PostgresBackend:
         with translate_errors():
             found = await conn.fetch(
                 Q["runs_by_step"].text,
-                [r.parent_run_id for r in missing],
-                [r.step_key for r in missing],
-            )
+                *Q["runs_by_step"].arguments((), {
+                    "parent_run_ids": [r.parent_run_id for r in missing],
+                    "step_keys": [r.step_key for r in missing],
+                }),
+            )  # fmt: skip
         return {(row["parent_run_id"], row["step_key"]): (row["id"], row["job"]) for row in found}
 
     @staticmethod
@@ -571,14 +575,18 @@ class PostgresBackend:
         with translate_errors():
             found = await conn.fetch(
                 Q["active_run_ids_by_dedup"].text,
-                [m[0] for m in missing],
-                [m[1] for m in missing],
-            )
+                *Q["active_run_ids_by_dedup"].arguments((), {
+                    "jobs": [m[0] for m in missing],
+                    "dedup_ids": [m[1] for m in missing],
+                }),
+            )  # fmt: skip
         return {(row["job"], row["dedup_id"]): row["id"] for row in found}
 
     async def release_step(self, parent_run_id: int, step_key: str) -> bool:
         """Free a step whose child did not succeed (see ``release_step`` in queries.sql)."""
-        return await self._fetchval("release_step", parent_run_id, step_key) is not None
+        return await self._fetchval(
+            "release_step", parent_run_id=parent_run_id, step_key=step_key
+        ) is not None
 
     async def claim(
         self,
@@ -635,7 +643,7 @@ class PostgresBackend:
 
     async def sweep(self, worker_ttl_seconds: float) -> SweepResult:
         row = await self._fetchrow(
-            "sweep", timedelta(seconds=worker_ttl_seconds), SWEEP_BATCH
+            "sweep", worker_ttl=timedelta(seconds=worker_ttl_seconds), batch=SWEEP_BATCH
         )
         assert row is not None
         return SweepResult(
@@ -643,7 +651,7 @@ class PostgresBackend:
         )
 
     async def cancel(self, run_id: int, cascade: bool) -> list[tuple[int, RunStatus]]:
-        rows = await self._fetch("cancel_runs", run_id, cascade)
+        rows = await self._fetch("cancel_runs", run_id=run_id, cascade=cascade)
         return [(row["id"], RunStatus(row["status"])) for row in rows]
 
     async def add_events(
@@ -675,12 +683,12 @@ class PostgresBackend:
         )
 
     async def unregister_worker(self, worker_id: str) -> None:
-        await self._execute("unregister_worker", worker_id)
+        await self._execute("unregister_worker", id=worker_id)
 
     # ------------------------------------------------------------------ reads
 
     async def get_run(self, run_id: int) -> RunRecord | None:
-        row = await self._fetchrow("get_run", run_id)
+        row = await self._fetchrow("get_run", id=run_id)
         return None if row is None else _record(row)
 
     async def get_runs(self, where: RunFilter) -> list[RunRecord]:
@@ -700,7 +708,7 @@ class PostgresBackend:
         return [_record(row) for row in rows]
 
     async def terminal_runs(self, run_ids: Sequence[int]) -> list[RunRecord]:
-        rows = await self._fetch("terminal_runs", list(run_ids))
+        rows = await self._fetch("terminal_runs", ids=list(run_ids))
         return [_record(row) for row in rows]
 
     async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]:
@@ -722,9 +730,11 @@ class PostgresBackend:
         with translate_errors():
             async with self.pool.acquire() as conn, conn.transaction():
                 if renames:
-                    await conn.execute(
-                        Q["rename_schedules"].text, [r[0] for r in renames], [r[1] for r in renames]
-                    )
+                    rename = Q["rename_schedules"]
+                    await conn.execute(rename.text, *rename.arguments((), {
+                        "old_names": [r[0] for r in renames],
+                        "new_names": [r[1] for r in renames],
+                    }))  # fmt: skip
                 if ordered:
                     upsert = Q["upsert_schedules"]
                     columns = {
@@ -738,15 +748,16 @@ class PostgresBackend:
                         "misfires": [d.misfire for d in ordered],
                         "all_nodes": [d.all_nodes for d in ordered],
                     }
-                    await conn.execute(upsert.text, *self._args(upsert, (), columns))
-                await conn.execute(
-                    Q["delete_stale_schedules"].text, list(jobs), [d.name for d in ordered]
-                )
+                    await conn.execute(upsert.text, *self._args(upsert, columns))
+                stale = Q["delete_stale_schedules"]
+                await conn.execute(stale.text, *stale.arguments((), {
+                    "jobs": list(jobs), "names": [d.name for d in ordered],
+                }))  # fmt: skip
 
     async def get_schedules(
         self, jobs: Sequence[str] | None
     ) -> tuple[datetime, list[ScheduleState]]:
-        rows = await self._fetch("get_schedules", None if jobs is None else list(jobs))
+        rows = await self._fetch("get_schedules", jobs=None if jobs is None else list(jobs))
         states = [
             ScheduleState(**{k: v for k, v in row.items() if k != "now"})
             for row in rows
@@ -783,7 +794,9 @@ class PostgresBackend:
         run = await self.get_run(run_id)
         if run is None:
             return None
-        row = await self._fetchrow("run_facts", run_id, timedelta(seconds=worker_ttl_seconds))
+        row = await self._fetchrow(
+            "run_facts", run_id=run_id, worker_ttl=timedelta(seconds=worker_ttl_seconds)
+        )
         if row is None:  # deleted in between
             return None
         facts = dict(row)
@@ -814,7 +827,7 @@ class PostgresBackend:
 
     async def job_summary(self, jobs: Sequence[str], window_seconds: float) -> JobSummary:
         window = timedelta(seconds=window_seconds)
-        row = await self._fetchrow("job_summary", list(jobs), window)
+        row = await self._fetchrow("job_summary", jobs=list(jobs), window=window)
         assert row is not None
         counts = dict.fromkeys(RunStatus, 0)
         counts.update({RunStatus(k): v for k, v in row["counts"].items()})
@@ -827,7 +840,9 @@ class PostgresBackend:
         return JobSummary(jobs[0], window, row["now"], counts, p50, p95, last)
 
     async def cluster_gauges(self, worker_ttl_seconds: float) -> ClusterGauges:
-        rows = await self._fetch("cluster_gauges", timedelta(seconds=worker_ttl_seconds))
+        rows = await self._fetch(
+            "cluster_gauges", worker_ttl=timedelta(seconds=worker_ttl_seconds)
+        )
         loads: dict[str, list[Load]] = {"queue": [], "job": []}
         alive = slots = 0
         for row in rows:
@@ -841,7 +856,7 @@ class PostgresBackend:
         return ClusterGauges(tuple(loads["queue"]), tuple(loads["job"]), alive, slots)
 
     async def get_workers(self, worker_ttl_seconds: float) -> list[WorkerState]:
-        rows = await self._fetch("get_workers", MAX_LISTED_RUNS)
+        rows = await self._fetch("get_workers", max_runs=MAX_LISTED_RUNS)
         workers = []
         for row in rows:
             silent = max((row["now"] - row["heartbeat_at"]).total_seconds(), 0.0)
@@ -857,7 +872,9 @@ class PostgresBackend:
 
     async def activity(self, window_seconds: float) -> Activity:
         gauges = await self.cluster_gauges(DEFAULT_WORKER_TTL)
-        rows = await self._fetch("finished_per_minute", timedelta(seconds=window_seconds))
+        rows = await self._fetch(
+            "finished_per_minute", window=timedelta(seconds=window_seconds)
+        )
         counts = [_finished_count(r) for r in rows if r["job"] is not None]
         return Activity(
             rows[0]["now"],
@@ -874,12 +891,11 @@ class PostgresBackend:
         self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float
     ) -> FeedPage:
         grace = timedelta(seconds=grace_seconds)
+        position = {"after_xid": after.xid, "after_id": after.id, "limit": limit, "grace": grace}
         if root_run_id is None:
-            rows = await self._fetch("read_feed", after.xid, after.id, limit, grace)
+            rows = await self._fetch("read_feed", **position)
         else:
-            rows = await self._fetch(
-                "read_tree_feed", after.xid, after.id, limit, grace, root_run_id
-            )
+            rows = await self._fetch("read_tree_feed", **position, root_run_id=root_run_id)
         events: list[RunEvent] = []
         for row in rows:
             if not row["ready"]:
@@ -888,17 +904,17 @@ class PostgresBackend:
         return FeedPage(events, held_back=False)
 
     async def feed_position(self, grace_seconds: float) -> EventCursor:
-        row = await self._fetchrow("feed_position", timedelta(seconds=grace_seconds))
+        row = await self._fetchrow("feed_position", grace=timedelta(seconds=grace_seconds))
         return EventCursor() if row is None else EventCursor(row["xid"], row["id"])
 
     async def get_runs_by_ids(self, run_ids: Sequence[int]) -> list[RunRecord]:
         if not run_ids:
             return []
-        rows = await self._fetch("get_runs_by_ids_versioned", list(run_ids))
+        rows = await self._fetch("get_runs_by_ids_versioned", ids=list(run_ids))
         return [_record(row) for row in rows]
 
     async def get_tree(self, root_run_id: int, limit: int) -> list[RunRecord]:
-        rows = await self._fetch("get_tree", root_run_id, limit)
+        rows = await self._fetch("get_tree", root_run_id=root_run_id, limit=limit)
         return [_record(row) for row in rows]
 
     async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
@@ -912,13 +928,17 @@ class PostgresBackend:
     async def get_job_definition(
         self, name: str, known_version: datetime | None
     ) -> StoredJobRow | None:
-        row = await self._fetchrow("get_job_definition", name, known_version)
+        row = await self._fetchrow(
+            "get_job_definition", name=name, known_version=known_version
+        )
         if row is None:
             return None
         return StoredJobRow(row["name"], row["queue"], row["updated_at"], row["args_schema"])
 
     async def prune(self, finished_before: datetime, max_trees: int) -> PruneResult:
-        row = await self._fetchrow("prune_trees", finished_before, max_trees)
+        row = await self._fetchrow(
+            "prune_trees", finished_before=finished_before, max_trees=max_trees
+        )
         assert row is not None  # aggregates always return one row
         return PruneResult(row["trees"], row["runs"], row["events"])
 

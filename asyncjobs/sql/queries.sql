@@ -9,9 +9,9 @@
 -- `status = 'running'` in a join: that lets the planner walk the partial index
 -- runs_running_idx and test every running row against the whole batch, which it does when
 -- the statistics say (wrongly, e.g. after a bulk load) that hardly any run is running --
--- 671 ms for a heartbeat of 100 ids at 28k running. "Owned by worker $1" is instead
--- `worker_id = $1 AND lease_expires_at IS NOT NULL`, which the CHECK runs_running_has_lease
--- makes equivalent to "running and owned by $1" and which no index can serve.
+-- 671 ms for a heartbeat of 100 ids at 28k running. "Owned by worker :worker" is instead
+-- `worker_id = :worker AND lease_expires_at IS NOT NULL`, which the CHECK runs_running_has_lease
+-- makes equivalent to "running and owned by :worker" and which no index can serve.
 
 -- name: schema_installed :one
 -- Whether asyncjobs was ever installed in this database.
@@ -36,9 +36,9 @@ SELECT EXISTS (SELECT FROM pg_attribute
                   AND attname = 'compatible_from' AND NOT attisdropped);
 
 -- name: record_compatibility :exec
--- Store the compatibility each migration file declares ($1 versions, $2 compatible_from).
+-- Store the compatibility each migration file declares (:versions, :compatible_from).
 UPDATE asyncjobs.schema_version v SET compatible_from = u.compatible_from
-  FROM unnest($1::integer[], $2::integer[]) AS u(version, compatible_from)
+  FROM unnest(:versions::integer[], :compatible_from::integer[]) AS u(version, compatible_from)
  WHERE v.version = u.version AND v.compatible_from IS DISTINCT FROM u.compatible_from;
 
 -- name: register_definitions :exec
@@ -121,21 +121,21 @@ SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
 -- name: runs_by_step :many
 -- The children already triggered at these (parent_run_id, step_key) steps.
 SELECT r.parent_run_id, r.step_key, r.id, r.job, r.status
-  FROM unnest($1::bigint[], $2::text[]) AS k(parent_run_id, step_key)
+  FROM unnest(:parent_run_ids::bigint[], :step_keys::text[]) AS k(parent_run_id, step_key)
   JOIN asyncjobs.runs r ON r.parent_run_id = k.parent_run_id AND r.step_key = k.step_key;
 
 -- name: release_step :one
 -- Free a step whose child ended without success, so the parent can trigger a new child at
 -- it (`rerun_failed`); the old child keeps its parent, only its step key is cleared.
 UPDATE asyncjobs.runs SET step_key = NULL
- WHERE parent_run_id = $1 AND step_key = $2
+ WHERE parent_run_id = :parent_run_id AND step_key = :step_key
    AND status IN ('failed', 'cancelled', 'expired')
 RETURNING id;
 
 -- name: active_run_ids_by_dedup :many
 -- The active runs holding these (job, dedup_id) pairs.
 SELECT r.job, r.dedup_id, r.id
-  FROM unnest($1::text[], $2::text[]) AS k(job, dedup_id)
+  FROM unnest(:jobs::text[], :dedup_ids::text[]) AS k(job, dedup_id)
   JOIN asyncjobs.runs r ON r.job = k.job AND r.dedup_id = k.dedup_id
  WHERE r.status IN ('pending', 'running');
 
@@ -229,14 +229,14 @@ SELECT (SELECT count(*) FROM alive) > 0 AS registered,
 -- Rescue runs whose lease expired (judged by the database clock). A crash is a restart, not a
 -- retry: the run goes back to pending (trigger 'restart', restarts + 1) without touching the
 -- job's retries, until it was restarted max_restarts times; then it fails with LeaseExpired.
--- Cancelled instead when that was asked. Expire pending runs past not_after. At most $2 runs
+-- Cancelled instead when that was asked. Expire pending runs past not_after. At most :batch runs
 -- of each kind per call (`full` says a batch was full: sweep again). SKIP LOCKED makes
 -- concurrent sweepers split the work: each run is rescued exactly once. Also drops workers
--- silent for more than $1.
--- For $1 (the sweeper's lease) after the server (re)started nothing is rescued or dropped:
+-- silent for more than :worker_ttl.
+-- For :worker_ttl (the sweeper's lease) after the server (re)started nothing is rescued or dropped:
 -- while it was down no worker could heartbeat, and a database restart must not cost restarts.
 WITH settled AS (
-    SELECT pg_postmaster_start_time() < coalesce(:now, now()) - $1::interval AS ok
+    SELECT pg_postmaster_start_time() < coalesce(:now, now()) - :worker_ttl::interval AS ok
 ),
 stale AS (
     SELECT id, restarts < max_restarts AS restart, jsonb_build_object(
@@ -250,7 +250,7 @@ stale AS (
       FROM asyncjobs.runs
      WHERE status = 'running' AND lease_expires_at < coalesce(:now, now())
        AND (SELECT ok FROM settled)
-     ORDER BY lease_expires_at LIMIT $2
+     ORDER BY lease_expires_at LIMIT :batch
        FOR UPDATE SKIP LOCKED
 ),
 rescued AS (
@@ -273,7 +273,7 @@ rescued AS (
 overdue AS (
     SELECT id FROM asyncjobs.runs
      WHERE status = 'pending' AND not_after IS NOT NULL AND not_after <= coalesce(:now, now())
-     ORDER BY not_after LIMIT $2
+     ORDER BY not_after LIMIT :batch
        FOR UPDATE SKIP LOCKED
 ),
 expired AS (
@@ -293,7 +293,7 @@ events AS (
 ),
 gone_workers AS (
     DELETE FROM asyncjobs.workers
-     WHERE heartbeat_at < coalesce(:now, now()) - $1::interval AND (SELECT ok FROM settled)
+     WHERE heartbeat_at < coalesce(:now, now()) - :worker_ttl::interval AND (SELECT ok FROM settled)
     RETURNING id
 ),
 notified AS (
@@ -305,18 +305,18 @@ SELECT (SELECT count(*) FROM rescued WHERE status = 'pending') AS restarted,
        (SELECT count(*) FROM rescued WHERE status <> 'pending') AS failed,
        (SELECT count(*) FROM expired) AS expired,
        (SELECT count(*) FROM gone_workers) AS workers_removed,
-       (SELECT count(*) FROM stale) >= $2 OR (SELECT count(*) FROM overdue) >= $2 AS full,
+       (SELECT count(*) FROM stale) >= :batch OR (SELECT count(*) FROM overdue) >= :batch AS full,
        (SELECT count(*) FROM notified) AS notified;
 
 -- name: cancel_runs :many
--- Cancel run $1 (and, when $2, every descendant): pending runs become cancelled at once;
+-- Cancel run :run_id (and, when :cascade, every descendant): pending runs become cancelled at once;
 -- running ones get cancel_requested and their worker is told through NOTIFY.
 WITH RECURSIVE target AS (
-    SELECT id, root_run_id FROM asyncjobs.runs WHERE id = $1
+    SELECT id, root_run_id FROM asyncjobs.runs WHERE id = :run_id
     UNION
     SELECT r.id, r.root_run_id
       FROM asyncjobs.runs r JOIN target t ON r.parent_run_id = t.id AND r.root_run_id = t.root_run_id
-     WHERE $2
+     WHERE :cascade
 ),
 locked AS (
     SELECT r.id, r.status FROM asyncjobs.runs r JOIN target USING (id)
@@ -388,15 +388,15 @@ VALUES (:id, :host, :pid, :queues, :jobs, :concurrency, coalesce(:now, now()),
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = coalesce(:now, now());
 
 -- name: unregister_worker :exec
-DELETE FROM asyncjobs.workers WHERE id = $1;
+DELETE FROM asyncjobs.workers WHERE id = :id;
 
 -- name: get_run :one
-SELECT * FROM asyncjobs.runs WHERE id = $1;
+SELECT * FROM asyncjobs.runs WHERE id = :id;
 
 -- name: terminal_runs :many
 -- Which of these runs have finished (for run_async waiters).
 SELECT * FROM asyncjobs.runs
- WHERE id = ANY ($1::bigint[]) AND status NOT IN ('pending', 'running');
+ WHERE id = ANY (:ids::bigint[]) AND status NOT IN ('pending', 'running');
 
 -- name: get_runs :many
 -- Filtered page of runs, newest first; :before_id is the cursor (return ids below it).
@@ -439,20 +439,22 @@ SELECT e.* FROM asyncjobs.run_events e
  ORDER BY e.id LIMIT :limit;
 
 -- name: set_job_enabled :one
-UPDATE asyncjobs.jobs SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING name;
+UPDATE asyncjobs.jobs SET enabled = :enabled, updated_at = now()
+ WHERE name = :name RETURNING name;
 
 -- name: set_queue_enabled :one
-UPDATE asyncjobs.queues SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING name;
+UPDATE asyncjobs.queues SET enabled = :enabled, updated_at = now()
+ WHERE name = :name RETURNING name;
 
 -- ---------------------------------------------------------------------- schedules, explain,
 -- summaries (asyncjobs/scheduler.py, asyncjobs/explain.py, asyncjobs/summary.py)
 
 -- name: rename_schedules :exec
 -- A job renamed in code (with its old name as an alias) keeps its stored schedule: the row
--- under the old name $1[i] takes the new name $2[i], unless a row of the new name exists.
+-- under the old name :old_names[i] takes the new name :new_names[i], unless a row of the new name exists.
 UPDATE asyncjobs.schedules s
    SET name = u.new_name, updated_at = now()
-  FROM unnest($1::text[], $2::text[]) AS u(old_name, new_name)
+  FROM unnest(:old_names::text[], :new_names::text[]) AS u(old_name, new_name)
  WHERE s.name = u.old_name
    AND NOT EXISTS (SELECT FROM asyncjobs.schedules t WHERE t.name = u.new_name);
 
@@ -487,11 +489,11 @@ ON CONFLICT (name) DO UPDATE
                          excluded.timezone, excluded.args, excluded.misfire, excluded.all_nodes);
 
 -- name: delete_stale_schedules :exec
--- Schedules of these jobs ($1, aliases included) that the code no longer declares ($2).
-DELETE FROM asyncjobs.schedules WHERE job = ANY ($1::text[]) AND name <> ALL ($2::text[]);
+-- Schedules of these jobs (:jobs, aliases included) that the code no longer declares (:names).
+DELETE FROM asyncjobs.schedules WHERE job = ANY (:jobs::text[]) AND name <> ALL (:names::text[]);
 
 -- name: get_schedules :many
--- The stored schedules of jobs $1 (all when NULL), with whether their job and queue are
+-- The stored schedules of jobs :jobs (all when NULL), with whether their job and queue are
 -- enabled, and the database clock (one row with only `now` when there is no schedule).
 SELECT n.now, s.name, s.job, s.cron, s.every, s.initial_delay, s.timezone, s.args, s.misfire,
        s.all_nodes, s.enabled, s.anchor_at, s.next_fire_at, s.last_fire_at,
@@ -500,18 +502,18 @@ SELECT n.now, s.name, s.job, s.cron, s.every, s.initial_delay, s.timezone, s.arg
   LEFT JOIN (asyncjobs.schedules s
              LEFT JOIN asyncjobs.jobs j ON j.name = s.job
              LEFT JOIN asyncjobs.queues q ON q.name = j.queue)
-         ON $1::text[] IS NULL OR s.job = ANY ($1::text[])
+         ON :jobs::text[] IS NULL OR s.job = ANY (:jobs::text[])
  ORDER BY s.name;
 
 -- name: set_schedule_enabled :one
 -- Enable or disable a schedule. Enabling a disabled one restarts its timing from now: the
 -- ticks it missed while disabled were meant to be missed.
 UPDATE asyncjobs.schedules
-   SET enabled = $2,
-       anchor_at = CASE WHEN $2 AND NOT enabled THEN coalesce(:now, now()) ELSE anchor_at END,
-       next_fire_at = CASE WHEN $2 AND NOT enabled THEN NULL ELSE next_fire_at END,
+   SET enabled = :enabled,
+       anchor_at = CASE WHEN :enabled AND NOT enabled THEN coalesce(:now, now()) ELSE anchor_at END,
+       next_fire_at = CASE WHEN :enabled AND NOT enabled THEN NULL ELSE next_fire_at END,
        updated_at = coalesce(:now, now())
- WHERE name = $1
+ WHERE name = :name
 RETURNING name;
 
 -- name: fire_schedule :one
@@ -567,9 +569,9 @@ SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
                    FROM inserted i LEFT JOIN notified ON true), '{}') AS run_ids;
 
 -- name: run_facts :one
--- What explain() needs about run $1 besides the run itself: the database clock, its job's and
+-- What explain() needs about run :run_id besides the run itself: the database clock, its job's and
 -- queue's switches and limits with their running counts, how many live workers (heartbeat
--- within $2) serve its queue and know its job, whether its target worker is alive, how many
+-- within :worker_ttl) serve its queue and know its job, whether its target worker is alive, how many
 -- ready runs are ahead of it in its queue (at most 10,001), and its own active children.
 SELECT coalesce(:now, now()) AS now,
        j.name IS NOT NULL AS job_known,
@@ -582,13 +584,14 @@ SELECT coalesce(:now, now()) AS now,
        (SELECT count(*) FROM asyncjobs.runs x
          WHERE x.status = 'running' AND x.queue = r.queue) AS queue_running,
        (SELECT count(*) FROM asyncjobs.workers w
-         WHERE r.queue = ANY (w.queues) AND w.heartbeat_at > coalesce(:now, now()) - $2::interval)
+         WHERE r.queue = ANY (w.queues)
+           AND w.heartbeat_at > coalesce(:now, now()) - :worker_ttl::interval)
            AS queue_workers,
        (SELECT count(*) FROM asyncjobs.workers w
          WHERE r.queue = ANY (w.queues) AND r.job = ANY (w.jobs)
-           AND w.heartbeat_at > coalesce(:now, now()) - $2::interval) AS job_workers,
+           AND w.heartbeat_at > coalesce(:now, now()) - :worker_ttl::interval) AS job_workers,
        EXISTS (SELECT FROM asyncjobs.workers w
-                WHERE w.id = r.target_worker AND w.heartbeat_at > coalesce(:now, now()) - $2::interval)
+                WHERE w.id = r.target_worker AND w.heartbeat_at > coalesce(:now, now()) - :worker_ttl::interval)
            AS target_alive,
        -- counted up to 10,001 (explain.AHEAD_COUNTED + 1): an exact count is a walk of the
        -- queue's pending index, seconds behind a backlog of millions
@@ -629,7 +632,7 @@ SELECT coalesce(:now, now()) AS now,
   FROM asyncjobs.runs r
   LEFT JOIN asyncjobs.jobs j ON j.name = r.job
   LEFT JOIN asyncjobs.queues q ON q.name = r.queue
- WHERE r.id = $1;
+ WHERE r.id = :run_id;
 
 -- name: slot_holders :many
 -- The running runs that hold the slots of job :job (when :job_full), of queue :queue (when
@@ -648,17 +651,17 @@ SELECT r.id, r.job, r.queue, r.worker_id, r.started_at, r.concurrency_key,
  LIMIT 100;
 
 -- name: job_summary :one
--- Runs of job $1 (its name and aliases) created in the last $2: counts by status, and the
+-- Runs of job :jobs (its name and aliases) created in the last :window: counts by status, and the
 -- 50th/95th percentile of the last attempt's duration of those that finished; plus the last
 -- successful run ever (runs_last_success_idx).
 WITH recent AS (
     SELECT status, started_at, finished_at FROM asyncjobs.runs
-     WHERE job = ANY ($1::text[]) AND created_at >= coalesce(:now, now()) - $2::interval
+     WHERE job = ANY (:jobs::text[]) AND created_at >= coalesce(:now, now()) - :window::interval
 ),
 last_success AS (
     SELECT id, finished_at, extract(epoch FROM finished_at - started_at)::float8 AS duration
       FROM asyncjobs.runs
-     WHERE job = ANY ($1::text[]) AND status = 'succeeded'
+     WHERE job = ANY (:jobs::text[]) AND status = 'succeeded'
      ORDER BY finished_at DESC LIMIT 1
 )
 SELECT coalesce(:now, now()) AS now,
@@ -680,35 +683,35 @@ SELECT coalesce(:now, now()) AS now,
 -- its own has ended: xid < the snapshot's xmin. Nothing can then commit behind it, because an
 -- xid below xmin belongs to a transaction that has ended, and the rows of one transaction
 -- become visible together. A long transaction anywhere on the cluster holds xmin back, so
--- an event older than the grace period ($4) is ready too; this keeps "no gap" as long as no
+-- an event older than the grace period (:grace) is ready too; this keeps "no gap" as long as no
 -- asyncjobs statement stays open longer than the grace period (they take milliseconds).
 
 -- name: read_feed :many
--- Events after position ($1, $2) in feed order, with `ready` (see above).
+-- Events after position (:after_xid, :after_id) in feed order, with `ready` (see above).
 SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
        e.xid < h.xmin OR e.at < h.old AS ready
   FROM asyncjobs.run_events e
  CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-                    now() - $4::interval AS old) h
- WHERE (e.xid, e.id) > ($1::xid8, $2::bigint)
+                    now() - :grace::interval AS old) h
+ WHERE (e.xid, e.id) > (:after_xid::xid8, :after_id::bigint)
  ORDER BY e.xid, e.id
- LIMIT $3;
+ LIMIT :limit;
 
 -- name: read_tree_feed :many
--- The same for the events of one trace tree ($5 is the root run id).
+-- The same for the events of one trace tree (:root_run_id is the root run id).
 SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
        e.xid < h.xmin OR e.at < h.old AS ready
   FROM asyncjobs.run_events e
  CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-                    now() - $4::interval AS old) h
- WHERE e.root_run_id = $5 AND (e.xid, e.id) > ($1::xid8, $2::bigint)
+                    now() - :grace::interval AS old) h
+ WHERE e.root_run_id = :root_run_id AND (e.xid, e.id) > (:after_xid::xid8, :after_id::bigint)
  ORDER BY e.xid, e.id
- LIMIT $3;
+ LIMIT :limit;
 
 -- name: feed_position :one
 -- The position just before the first visible event that is not ready, or of the last event.
 WITH h AS (
-    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, now() - $1::interval AS old
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, now() - :grace::interval AS old
 ),
 first_unready AS (
     SELECT e.xid, e.id FROM asyncjobs.run_events e, h
@@ -728,17 +731,17 @@ SELECT e.xid, e.id FROM asyncjobs.run_events e
 SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
                         WHERE e.root_run_id = r.root_run_id AND e.run_id = r.id), 0) AS version
   FROM asyncjobs.runs r
- WHERE r.id = ANY ($1::bigint[])
+ WHERE r.id = ANY (:ids::bigint[])
  ORDER BY r.id;
 
 -- name: get_tree :many
--- The runs of one trace tree with `version`, oldest first, at most $2.
+-- The runs of one trace tree with `version`, oldest first, at most :limit.
 SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
                         WHERE e.root_run_id = r.root_run_id AND e.run_id = r.id), 0) AS version
   FROM asyncjobs.runs r
- WHERE r.root_run_id = $1
+ WHERE r.root_run_id = :root_run_id
  ORDER BY r.id
- LIMIT $2;
+ LIMIT :limit;
 
 -- name: list_queues :many
 -- Stored queues with their switch, for the dashboard.
@@ -749,7 +752,7 @@ SELECT name, max_concurrency, enabled FROM asyncjobs.queues ORDER BY name;
 SELECT name, queue, max_concurrency, enabled FROM asyncjobs.jobs ORDER BY name;
 
 -- name: prune_trees :one
--- Retention: delete up to $2 trace trees whose runs all finished before $1, with their
+-- Retention: delete up to :max_trees trace trees whose runs all finished before :finished_before, with their
 -- events. Candidates come from the finished roots, oldest first; a tree that still has an
 -- active run (or one that finished later) is kept whole. Concurrent pruners do not overlap:
 -- only the one holding the advisory lock deletes.
@@ -758,13 +761,13 @@ WITH locked AS (
 ),
 roots AS (
     SELECT r.id FROM asyncjobs.runs r
-     WHERE r.id = r.root_run_id AND r.finished_at IS NOT NULL AND r.finished_at < $1
+     WHERE r.id = r.root_run_id AND r.finished_at IS NOT NULL AND r.finished_at < :finished_before
        AND (SELECT ok FROM locked)
        AND NOT EXISTS (SELECT FROM asyncjobs.runs c
                         WHERE c.root_run_id = r.id
-                          AND (c.finished_at IS NULL OR c.finished_at >= $1))
+                          AND (c.finished_at IS NULL OR c.finished_at >= :finished_before))
      ORDER BY r.finished_at
-     LIMIT $2
+     LIMIT :max_trees
 ),
 gone_events AS (
     DELETE FROM asyncjobs.run_events e USING roots WHERE e.root_run_id = roots.id RETURNING 1
@@ -779,18 +782,19 @@ SELECT (SELECT count(*) FROM roots) AS trees,
 -- name: get_job_definition :one
 -- A job as workers stored it, looked up by its name or by one of its aliases (kept in the
 -- "x-asyncjobs" member of args_schema), for triggering by name without the job's code. The
--- schema is returned only when the row changed since $2 (the updated_at of the caller's
+-- schema is returned only when the row changed since :known_version (the updated_at of the caller's
 -- cached copy), so a cached validator costs one small row per trigger.
 SELECT name, queue, updated_at,
-       CASE WHEN updated_at IS DISTINCT FROM $2::timestamptz THEN args_schema END AS args_schema
+       CASE WHEN updated_at IS DISTINCT FROM :known_version::timestamptz THEN args_schema END
+         AS args_schema
   FROM asyncjobs.jobs
- WHERE name = $1 OR args_schema -> 'x-asyncjobs' -> 'aliases' ? $1
- ORDER BY name = $1 DESC
+ WHERE name = :name OR args_schema -> 'x-asyncjobs' -> 'aliases' ? :name
+ ORDER BY name = :name DESC
  LIMIT 1;
 
 -- name: cluster_gauges :many
 -- The database gauges of /metrics in one round trip: a row per queue ('queue'), per job ('job')
--- and one for the live workers ('workers', heartbeat within $1). Only cheap reads: pending runs
+-- and one for the live workers ('workers', heartbeat within :worker_ttl). Only cheap reads: pending runs
 -- through the partial runs_pending_idx, running runs through runs_running_idx (finished runs
 -- are never read), and the small queues, jobs and workers tables. `oldest_age` is the seconds
 -- the oldest ready pending run (not_before passed) has waited; 0 when none is ready.
@@ -830,7 +834,7 @@ SELECT 'job', n.name,
   FROM job_names n LEFT JOIN asyncjobs.jobs j ON j.name = n.name
 UNION ALL
 SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
-  FROM asyncjobs.workers WHERE heartbeat_at > coalesce(:now, now()) - $1::interval;
+  FROM asyncjobs.workers WHERE heartbeat_at > coalesce(:now, now()) - :worker_ttl::interval;
 
 -- ---------------------------------------------------------------------- dashboard views
 -- (asyncjobs/activity.py: workers and the last hour's finished runs; the load now is
@@ -838,12 +842,13 @@ SELECT 'workers', '', count(*), 0, 0, coalesce(sum(concurrency), 0), NULL, true
 
 -- name: get_workers :many
 -- Registered workers with the runs each holds now (one pass over the running rows, which
--- runs_running_idx keeps apart; the first $1 of them by id, with their jobs), and the
+-- runs_running_idx keeps apart; the first :max_runs of them by id, with their jobs), and the
 -- database clock to judge their heartbeats by.
 SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.concurrency,
        w.started_at,
        w.heartbeat_at, coalesce(r.running, 0) AS running,
-       coalesce(r.run_ids[1:$1], '{}') AS run_ids, coalesce(r.run_jobs[1:$1], '{}') AS run_jobs
+       coalesce(r.run_ids[1 : :max_runs], '{}') AS run_ids,
+       coalesce(r.run_jobs[1 : :max_runs], '{}') AS run_jobs
   FROM asyncjobs.workers w
   LEFT JOIN (SELECT worker_id, count(*) AS running, array_agg(id ORDER BY id) AS run_ids,
                     array_agg(job ORDER BY id) AS run_jobs
@@ -852,7 +857,7 @@ SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.co
  ORDER BY w.started_at, w.id;
 
 -- name: finished_per_minute :many
--- Runs that finished within the last $1, counted per minute, job and queue by final status,
+-- Runs that finished within the last :window, counted per minute, job and queue by final status,
 -- and per job and queue (minute NULL) with the 50th/95th percentile of the last attempt's
 -- duration; the database clock on every row (one row with only `now` when none finished).
 -- There is no index on created_at or finished_at; ids grow with creation time, so a binary
@@ -862,8 +867,8 @@ SELECT coalesce(:now, now()) AS now, w.id, w.host, w.pid, w.queues, w.jobs, w.co
 WITH RECURSIVE search (lo, hi) AS (
     SELECT coalesce(min(id), 0), coalesce(max(id), 0) + 1 FROM asyncjobs.runs
   UNION ALL
-    SELECT CASE WHEN p.created_at < coalesce(:now, now()) - 2 * $1::interval THEN p.id + 1 ELSE s.lo END,
-           CASE WHEN p.created_at < coalesce(:now, now()) - 2 * $1::interval THEN s.hi
+    SELECT CASE WHEN p.created_at < coalesce(:now, now()) - 2 * :window::interval THEN p.id + 1 ELSE s.lo END,
+           CASE WHEN p.created_at < coalesce(:now, now()) - 2 * :window::interval THEN s.hi
                 ELSE (s.lo + s.hi) / 2 END
       FROM search s
       LEFT JOIN LATERAL (SELECT r.id, r.created_at FROM asyncjobs.runs r
@@ -880,7 +885,7 @@ counted AS (
                FILTER (WHERE r.status IN ('succeeded', 'failed') AND r.started_at IS NOT NULL)
                ::float8[] AS percentiles
       FROM asyncjobs.runs r
-     WHERE r.id >= (SELECT max(lo) FROM search) AND r.finished_at >= coalesce(:now, now()) - $1::interval
+     WHERE r.id >= (SELECT max(lo) FROM search) AND r.finished_at >= coalesce(:now, now()) - :window::interval
      GROUP BY GROUPING SETS ((1, r.job, r.queue), (r.job, r.queue))
 )
 SELECT c.now, f.*
