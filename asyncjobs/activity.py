@@ -1,7 +1,7 @@
 """What the cluster is doing now: workers, queue load, and the runs that finished lately.
 
 ``Client.get_workers`` and ``Client.activity`` answer with these; the dashboard's workers and
-queues views show them. Each part is read in one cheap statement (see ``queries.sql``: the
+queues views show them. Each part is read in one cheap statement (see ``sql/insights.sql``: the
 load now is ``/metrics``' ``cluster_gauges``, which reads the partial indexes of pending and
 running runs; the per-minute counts find their starting row by a binary search over the
 primary key).

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, Literal, ParamSpec, overload
+from typing import Any, Generic, ParamSpec, overload
 
 import anyio
 from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 3.13)
@@ -25,6 +25,7 @@ from asyncjobs.backends.base import (
     NewRun,
     PruneResult,
     QueueState,
+    SwitchKind,
 )
 from asyncjobs.context import current_context, open_client
 from asyncjobs.errors import (
@@ -59,8 +60,6 @@ R = TypeVar("R", default=Any)
 
 logger = logging.getLogger(__name__)
 
-#: what ``Client.set_enabled`` switches
-SwitchKind = Literal["job", "queue", "schedule"]
 
 @dataclass(frozen=True, eq=False)
 class Run(Generic[R]):

@@ -18,7 +18,7 @@ from asyncjobs.runs import RunRecord, RunStatus, Trigger
 
 #: A worker whose heartbeat is older than this counts as gone (``Client.explain`` option).
 DEFAULT_WORKER_TTL = 30.0
-#: ready runs ahead of a pending one are counted up to here (queries.sql run_facts stops
+#: ready runs ahead of a pending one are counted up to here (sql/insights.sql run_facts stops
 #: at one more): an exact count walks the queue, seconds behind a backlog of millions
 AHEAD_COUNTED = 10_000
 

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Protocol
 
 from asyncjobs import inputs
-from asyncjobs.backends.base import Backend, Notification, RunFilter
+from asyncjobs.backends.base import Feed, Insights, Notification, Notifier, RunFilter
 from asyncjobs.errors import RunNotFound
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus
 
@@ -124,12 +124,16 @@ class LiveSource(Protocol):
         """
 
 
+class FeedSource(Feed, Insights, Protocol):
+    """What a feed reader reads: the feed, and the run reads that tell a tree's state."""
+
+
 class FeedReader:
     """One consumer's position in the feed (all of it, or one tree's events)."""
 
     def __init__(
         self,
-        backend: Backend,
+        backend: FeedSource,
         root_run_id: int | None,
         cursor: EventCursor,
         *,
@@ -235,7 +239,7 @@ class FeedReader:
         return bool(page.events)
 
 
-async def resolve_root(backend: Backend, run_id: int) -> int:
+async def resolve_root(backend: Insights, run_id: int) -> int:
     """The root of the tree a run belongs to; raises ``RunNotFound`` (``InvalidArguments``
     for an id that is not an integer)."""
     run = await backend.get_run(inputs.run_id(run_id))
@@ -245,7 +249,7 @@ async def resolve_root(backend: Backend, run_id: int) -> int:
 
 
 async def trace_updates(
-    backend: Backend,
+    backend: FeedSource,
     root_run_id: int,
     source: LiveSource,
     *,
@@ -288,7 +292,7 @@ async def trace_updates(
 
 
 async def feed_updates(
-    backend: Backend,
+    backend: FeedSource,
     source: LiveSource,
     *,
     after: EventCursor | None,
@@ -330,7 +334,7 @@ class NotifySource:
     poll, or soon after a held-back read) and lets the reader catch up. ``Client.watch``
     uses it; use it as an async context manager."""
 
-    def __init__(self, backend: Backend, poll_interval: float = 1.0) -> None:
+    def __init__(self, backend: Notifier, poll_interval: float = 1.0) -> None:
         self._backend = backend
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()

@@ -49,7 +49,7 @@ else:
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from asyncjobs.backends.base import Backend
+    from asyncjobs.backends.base import Insights
 
 logger = logging.getLogger(__name__)
 
@@ -175,18 +175,18 @@ class ClusterMetrics:
         self.registry.register(_Gauge("asyncjobs_dashboard_streams", "Open SSE streams", streams))
         self._reading: asyncio.Future[tuple[ClusterGauges, float]] | None = None
 
-    async def render(self, backend: Backend) -> bytes:
+    async def render(self, backend: Insights) -> bytes:
         gauges, seconds = await self._read(backend)
         return generate_latest(_Joined(self.registry, cluster_families(gauges, seconds)))
 
-    async def _read(self, backend: Backend) -> tuple[ClusterGauges, float]:
+    async def _read(self, backend: Insights) -> tuple[ClusterGauges, float]:
         reading = self._reading
         if reading is None or reading.done():  # none under way: a fresh read, never a stale one
             reading = self._reading = asyncio.ensure_future(self._query(backend))
         # shielded: a scraper that leaves does not cancel the read the others wait for
         return await asyncio.shield(reading)
 
-    async def _query(self, backend: Backend) -> tuple[ClusterGauges, float]:
+    async def _query(self, backend: Insights) -> tuple[ClusterGauges, float]:
         began = time.perf_counter()
         gauges = await backend.cluster_gauges(self.worker_ttl)
         return gauges, time.perf_counter() - began

@@ -24,7 +24,7 @@ from jsonschema.protocols import Validator
 from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 3.13)
 
 from asyncjobs import telemetry
-from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun
+from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun, QueueStore
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
 from asyncjobs.errors import ConfigurationError, InvalidArguments, UnknownJob
 from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
@@ -226,7 +226,7 @@ class JobDirectory:
         return text
 
 
-async def retry_run(backend: Backend, record: RunRecord) -> Enqueued:
+async def retry_run(backend: QueueStore, record: RunRecord) -> Enqueued:
     """Enqueue a new run of ``record``'s job with its arguments, queue, priority, attempts and
     dedup id; trigger ``retry`` and parent ``record`` link it to the run it repeats. The client
     wraps the result in a ``Run`` (this module sits below ``asyncjobs.client``)."""

@@ -2,7 +2,7 @@
 
 Each pass reads the stored schedules of the app's jobs together with the database clock, asks
 ``schedules.plan`` what is due, and fires it with one statement per schedule
-(``fire_schedule`` in queries.sql). Two mechanisms keep a tick from firing twice when many
+(``fire_schedule`` in sql/schedules.sql). Two mechanisms keep a tick from firing twice when many
 workers wake up for it at the same moment:
 
 1. the statement moves the schedule from the ``next_fire_at`` this pass read to the next one
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from asyncjobs.backends.base import Backend, Notification, ScheduleFire
+from asyncjobs.backends.base import Notification, ScheduleFire, ScheduleStore
 from asyncjobs.codec import dumps
 from asyncjobs.errors import DatabaseUnavailable, UnknownJob
 from asyncjobs.schedules import FirePlan, ScheduleState, node_copy_ttl, plan, seconds_until
@@ -67,7 +67,7 @@ class Scheduler:
     def __init__(
         self,
         app: App,
-        backend: Backend,
+        backend: ScheduleStore,
         worker_id: str,
         queues: Sequence[str],
         *,
@@ -90,7 +90,7 @@ class Scheduler:
         return bool(self.app.schedules)
 
     async def register(self) -> None:
-        """Store the app's schedules (on worker start; see ``Backend.register_schedules``)."""
+        """Store the app's schedules (on worker start; see ``ScheduleStore.register_schedules``)."""
         await self.backend.register_schedules(list(self.app.schedules.values()), self._job_names)
 
     async def run(self, until: asyncio.Event | None = None) -> None:

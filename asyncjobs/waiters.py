@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from asyncjobs.backends.base import Backend, Notification
+from asyncjobs.backends.base import Notification, QueueStore
 from asyncjobs.errors import DatabaseError
 from asyncjobs.runs import RunRecord
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class ResultWaiter:
-    def __init__(self, backend: Backend, poll_interval: float) -> None:
+    def __init__(self, backend: QueueStore, poll_interval: float) -> None:
         self._backend = backend
         self._poll_interval = poll_interval
         self._futures: dict[int, set[asyncio.Future[RunRecord]]] = {}

@@ -55,7 +55,7 @@ def test_only_transaction_scoped_advisory_locks_in_the_source() -> None:
     assert session == []
     # the checks above look at the right text: the claim and migration locks are found
     xact = {path.name for path, text in sources.items() if XACT_LOCK.search(text)}
-    assert {"schema.sql", "postgres.py", "queries.sql"} <= xact
+    assert {"schema.sql", "postgres.py", "queue.sql"} <= xact
 
 
 def test_no_other_session_state_outside_the_listener() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,18 @@ def test_every_query_names_its_parameters() -> None:
         code = re.sub(r"'(?:[^']|'')*'|--[^\n]*", "", query.text)
         numbers = {int(n) for n in re.findall(r"\$(\d+)", code)}
         assert numbers == set(range(1, len(query.params) + 1)), query.name
+
+
+def test_a_name_is_defined_once_across_files() -> None:
+    first = "-- name: a :one\nSELECT 1;\n"
+    assert set(sql.parse_queries(first, "-- name: b :one\nSELECT 2;\n")) == {"a", "b"}
+    with pytest.raises(ValueError, match="query 'a' is defined twice"):
+        sql.parse_queries(first, "-- name: a :one\nSELECT 2;\n")
+
+
+def test_every_query_file_is_loaded() -> None:
+    """A new .sql file beside the others is a file of queries: it must be in QUERY_FILES
+    (schema.sql is the schema; migrations have their own folder)."""
+    folder = Path(sql.__file__).parent
+    files = {p.name for p in folder.glob("*.sql")} - {"schema.sql"}
+    assert files == set(sql.QUERY_FILES)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from asyncjobs.activity import Activity, WorkerState
 from asyncjobs.explain import RunFacts
@@ -48,7 +48,7 @@ class NewRun:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleFire:
-    """Ticks of one schedule to fire as runs (see ``fire_schedule`` in queries.sql)."""
+    """Ticks of one schedule to fire as runs (see ``fire_schedule`` in sql/schedules.sql)."""
 
     schedule: str
     job: str
@@ -195,6 +195,8 @@ class Notification:
 
 
 Listener = Callable[[Notification], None]
+#: what ``Backend.set_enabled`` switches on and off
+SwitchKind = Literal["job", "queue", "schedule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,25 +264,17 @@ class Clock(Protocol):
         """Call ``callback`` each time the clock is moved; returns what unsubscribes it."""
 
 
-class Backend(Protocol):
-    """Storage operations used by the client, the worker and the dashboard."""
+class Notifier(Protocol):
+    """The notifications of a store's changes (run state, new work, schedules, events)."""
 
-    def clock_now(self) -> datetime | None:
-        """The test clock's time, or ``None`` when the database clock rules (production):
-        a client computes ``not_before=timedelta(...)`` and retention cut-offs from it."""
+    def add_listener(self, listener: Listener) -> None: ...
 
-    async def open(self) -> None:
-        """Connect; checks the schema version (or migrates when asked).
+    def remove_listener(self, listener: Listener) -> None: ...
 
-        Reference counted: a client and a worker may share one backend and each opens it;
-        every ``open`` is matched by one ``close``.
-        """
 
-    async def close(self) -> None:
-        """Undo one ``open``; only the last one really closes. Extra calls do nothing."""
-
-    async def migrate(self) -> int:
-        """Apply missing migrations; returns the schema version."""
+class QueueStore(Notifier, Protocol):
+    """The queue: runs in, claimed, heartbeated, completed, swept, cancelled; workers and
+    their events (the worker, waiters, the client's triggers)."""
 
     async def register_definitions(
         self, queues: Sequence[QueueDefinition], jobs: Sequence[JobDefinition]
@@ -327,17 +321,11 @@ class Backend(Protocol):
 
     async def unregister_worker(self, worker_id: str) -> None: ...
 
-    async def get_run(self, run_id: int) -> RunRecord | None: ...
-
-    async def get_runs(self, where: RunFilter) -> list[RunRecord]: ...
-
     async def terminal_runs(self, run_ids: Sequence[int]) -> list[RunRecord]: ...
 
-    async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]: ...
 
-    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
-        """Switch a ``job``, ``queue`` or ``schedule`` on or off; False when it is unknown.
-        Enabling a disabled schedule restarts its timing from now (no catch-up)."""
+class ScheduleStore(Notifier, Protocol):
+    """Stored schedules and their firing (``asyncjobs.scheduler``)."""
 
     async def register_schedules(
         self, schedules: Sequence[ScheduleDefinition], jobs: Sequence[str]
@@ -356,6 +344,17 @@ class Backend(Protocol):
         """Advance a schedule and insert its runs (trigger ``schedule``) atomically. A tick
         already fired (same schedule, tick and target worker) is never inserted twice."""
 
+
+class Insights(Protocol):
+    """Reads for people and metrics: runs, their events and facts, summaries, gauges, workers,
+    activity and the stored definitions (the client's reads, ``explain``, ``/metrics``)."""
+
+    async def get_run(self, run_id: int) -> RunRecord | None: ...
+
+    async def get_runs(self, where: RunFilter) -> list[RunRecord]: ...
+
+    async def get_events(self, run_id: int, after_id: int, limit: int) -> list[RunEvent]: ...
+
     async def run_facts(self, run_id: int, worker_ttl_seconds: float) -> RunFacts | None:
         """What ``explain`` needs about one run (``None`` when there is no such run)."""
 
@@ -372,6 +371,14 @@ class Backend(Protocol):
 
     async def activity(self, window_seconds: float) -> Activity:
         """Queue load now and the runs finished within the window (``Client.activity``)."""
+
+    async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
+        """Every stored queue and job with its limit and ``enabled`` switch."""
+
+
+class Feed(Notifier, Protocol):
+    """The event feed in ``(xid, id)`` order and the versioned run reads that go with it
+    (``asyncjobs.feed``, the dashboard's live views)."""
 
     async def read_feed(
         self, after: EventCursor, root_run_id: int | None, limit: int, grace_seconds: float
@@ -390,16 +397,36 @@ class Backend(Protocol):
     async def get_tree(self, root_run_id: int, limit: int) -> list[RunRecord]:
         """The first ``limit`` runs of one trace tree with ``version`` set, in id order."""
 
-    async def list_definitions(self) -> tuple[list[QueueState], list[JobState]]:
-        """Every stored queue and job with its limit and ``enabled`` switch."""
+
+class Backend(QueueStore, ScheduleStore, Insights, Feed, Protocol):
+    """Every port, with the connection's life and the operator's switches: what a client, a
+    worker or a dashboard that owns its backend holds. Code that only uses part of it types
+    against the narrowest port above."""
+
+    def clock_now(self) -> datetime | None:
+        """The test clock's time, or ``None`` when the database clock rules (production):
+        a client computes ``not_before=timedelta(...)`` and retention cut-offs from it."""
+
+    async def open(self) -> None:
+        """Connect; checks the schema version (or migrates when asked).
+
+        Reference counted: a client and a worker may share one backend and each opens it;
+        every ``open`` is matched by one ``close``.
+        """
+
+    async def close(self) -> None:
+        """Undo one ``open``; only the last one really closes. Extra calls do nothing."""
+
+    async def migrate(self) -> int:
+        """Apply missing migrations; returns the schema version."""
+
+    async def set_enabled(self, kind: SwitchKind, name: str, enabled: bool) -> bool:
+        """Switch a ``job``, ``queue`` or ``schedule`` on or off; False when it is unknown.
+        Enabling a disabled schedule restarts its timing from now (no catch-up)."""
 
     async def prune(self, finished_before: datetime, max_trees: int) -> PruneResult:
         """Delete up to ``max_trees`` trace trees (runs and events) whose runs all finished
         before ``finished_before``; a tree with an active run is kept whole."""
-
-    def add_listener(self, listener: Listener) -> None: ...
-
-    def remove_listener(self, listener: Listener) -> None: ...
 
 
 @runtime_checkable

@@ -41,6 +41,7 @@ from asyncjobs.backends.base import (
     ScheduleFire,
     StoredJobRow,
     SweepResult,
+    SwitchKind,
     WorkerInfo,
 )
 from asyncjobs.backends.listener import PostgresListener
@@ -443,7 +444,7 @@ class PostgresBackend:
             job_rate_periods=[j.rate_limit.period if j.rate_limit else None for j in jobs],
         )
 
-    async def set_enabled(self, kind: str, name: str, enabled: bool) -> bool:
+    async def set_enabled(self, kind: SwitchKind, name: str, enabled: bool) -> bool:
         query = {
             "job": "set_job_enabled",
             "queue": "set_queue_enabled",
@@ -583,7 +584,7 @@ class PostgresBackend:
         return {(row["job"], row["dedup_id"]): row["id"] for row in found}
 
     async def release_step(self, parent_run_id: int, step_key: str) -> bool:
-        """Free a step whose child did not succeed (see ``release_step`` in queries.sql)."""
+        """Free a step whose child did not succeed (see ``release_step`` in sql/queue.sql)."""
         return await self._fetchval(
             "release_step", parent_run_id=parent_run_id, step_key=step_key
         ) is not None

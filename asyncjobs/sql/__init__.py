@@ -87,17 +87,19 @@ def _read(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def parse_queries(source: str) -> MappingProxyType[str, Query]:
-    """Split a file of ``-- name: x :kind`` blocks into a read-only mapping."""
-    headers = list(_HEADER.finditer(source))
+def parse_queries(*sources: str) -> MappingProxyType[str, Query]:
+    """Split files of ``-- name: x :kind`` blocks into one read-only mapping; a name defined
+    twice, in one file or in two, is an error."""
     queries: dict[str, Query] = {}
-    for header, following in zip(headers, [*headers[1:], None], strict=True):
-        end = following.start() if following else len(source)
-        body = source[header.end() : end].strip()
-        name = header.group(1)
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = _query(name, body)
+    for source in sources:
+        headers = list(_HEADER.finditer(source))
+        for header, following in zip(headers, [*headers[1:], None], strict=True):
+            end = following.start() if following else len(source)
+            body = source[header.end() : end].strip()
+            name = header.group(1)
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice")
+            queries[name] = _query(name, body)
     return MappingProxyType(queries)
 
 
@@ -154,7 +156,17 @@ def incompatibility(code_version: int, applied: Sequence[tuple[int, int | None]]
     return None
 
 
-QUERIES = parse_queries(_read("queries.sql"))
+#: the named statements, one file per concern (the ports of asyncjobs/backends/base.py, the
+#: declared definitions, and the schema's version bookkeeping)
+QUERY_FILES = (
+    "versions.sql",
+    "definitions.sql",
+    "queue.sql",
+    "schedules.sql",
+    "insights.sql",
+    "feed.sql",
+)
+QUERIES = parse_queries(*(_read(name) for name in QUERY_FILES))
 SCHEMA = _read("schema.sql")
 MIGRATIONS = load_migrations()
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -21,13 +21,14 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
-from asyncjobs.backends.base import Backend, Notification
+from asyncjobs.backends.base import Notification
 from asyncjobs.errors import DatabaseUnavailable
 from asyncjobs.feed import (
     DEFAULT_GRACE,
     PAGE_SIZE,
     FeedBatch,
     FeedReader,
+    FeedSource,
     SubscriptionEnded,
 )
 from asyncjobs.runs import EventCursor, RunEvent
@@ -135,7 +136,7 @@ class Broadcaster:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: FeedSource,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         page_size: int = PAGE_SIZE,
