@@ -160,12 +160,13 @@ def test_migration_files_are_numbered_without_gaps() -> None:
     assert files == [f"{m.version:04d}_{m.name}.sql" for m in sql.load_migrations()]
     assert [m.version for m in sql.MIGRATIONS] == list(range(1, len(files) + 1))
     assert len(files) == sql.SCHEMA_VERSION
-    # schema.sql records the same last version, under the same name
-    last = sql.MIGRATIONS[-1]
-    assert (
-        f"INSERT INTO asyncjobs.schema_version (version, name) VALUES ({last.version}, "
-        f"'{last.name}');" in sql.SCHEMA
-    )
+    # schema.sql records every version under its migration's name, and says which it is
+    for migration in sql.MIGRATIONS:
+        assert (
+            f"INSERT INTO asyncjobs.schema_version (version, name) VALUES ({migration.version}, "
+            f"'{migration.name}');" in sql.SCHEMA
+        )
+    assert sql.SCHEMA.startswith(f"-- asyncjobs schema, version {sql.SCHEMA_VERSION}:")
 
 
 class _FakePackage:
