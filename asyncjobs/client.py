@@ -483,6 +483,22 @@ class Client:
             return []
         return await self.backend.get_events(run_id, after_id, limit)
 
+    async def root_of(self, run_id: int) -> int:
+        """The id of the root of the trace tree ``run_id`` belongs to. Raises ``RunNotFound``."""
+        return await resolve_root(self.backend, inputs.run_id(run_id))
+
+    async def get_tree(self, run_id: int, *, limit: int = 5000) -> tuple[int, list[RunRecord]]:
+        """The trace tree ``run_id`` belongs to: its root's id and its first ``limit`` runs
+        (at most 10,000), oldest first, each with ``version`` set. Raises ``RunNotFound``."""
+        limit = check_int(limit, "limit", InvalidArguments, 1, 10_000)
+        root = await self.root_of(run_id)
+        return root, await self.backend.get_tree(root, limit)
+
+    async def events_position(self, grace: float = DEFAULT_GRACE) -> EventCursor:
+        """The event feed's position now: ``watch``-style readers that start from a listing
+        resume from here with no gap (the dashboard's run table does)."""
+        return await self.backend.feed_position(grace)
+
     # ------------------------------------------------------------------ watching
 
     async def watch(

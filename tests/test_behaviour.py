@@ -437,6 +437,14 @@ async def test_parent_child_root_ids_three_levels_deep(dsn: str) -> None:
         run = await client.trigger_async(root, 4)
         assert await run.result(WAIT) == 41
         runs = {r.job: r for r in (await client.get_runs(root_run_id=run.id)).runs}
+        children = (await client.get_runs(parent_run_id=run.id)).runs
+        tree_root, tree = await client.get_tree(runs["grandchild"].id)
+        assert await client.root_of(runs["grandchild"].id) == tree_root == run.id
+        with pytest.raises(RunNotFound):
+            await client.root_of(10**9)
+    assert [r.job for r in children] == ["child"]
+    assert [r.job for r in tree] == ["root", "child", "grandchild"]
+    assert all(r.version > 0 for r in tree)
     assert set(runs) == {"root", "child", "grandchild"}
     assert runs["root"].parent_run_id is None and runs["root"].trigger is Trigger.USER
     assert runs["child"].parent_run_id == run.id

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from asyncjobs.errors import DatabaseUnavailable
-from asyncjobs.feed import SubscriptionEnded, TraceUpdate, feed_updates, resolve_root, trace_updates
+from asyncjobs.feed import SubscriptionEnded, TraceUpdate, feed_updates, trace_updates
 from asyncjobs.runs import Trigger
 from asyncjobs.web import models
 from asyncjobs.web.http import (
@@ -114,7 +114,7 @@ class Api:
         client = await self.state.client()
         query = request.query_params
         limit = int_param(query.get("limit"), "limit", 50, 1, 1000)
-        position = await client.backend.feed_position(self.state.settings.grace)
+        position = await client.events_position(self.state.settings.grace)
         page = await client.get_runs(
             **run_filters(request),
             limit=limit,
@@ -135,9 +135,8 @@ class Api:
 
     async def get_tree(self, request: Request) -> Response:
         client = await self.state.client()
-        root = await resolve_root(client.backend, request.path_params["run_id"])
         limit = int_param(request.query_params.get("limit"), "limit", 5000, 1, 5000)
-        runs = await client.backend.get_tree(root, limit + 1)
+        root, runs = await client.get_tree(request.path_params["run_id"], limit=limit + 1)
         return JSONResponse(
             models.Tree(
                 root_run_id=root,
@@ -156,7 +155,7 @@ class Api:
             limit = int_param(request.query_params.get("limit"), "limit", 1000, 1, 1000)
             events = await client.get_events(run_id, after, limit)
             return JSONResponse(models.Events(events=[event_model(e) for e in events]))
-        root = await resolve_root(client.backend, run_id)
+        root = await client.root_of(run_id)
         after_cursor = last_event_id(request)
         state = self.state
         with self._stream_slot() as release:
