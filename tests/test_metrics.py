@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import httpx
@@ -20,6 +18,7 @@ from asyncjobs.backends.base import WorkerInfo
 from asyncjobs.gauges import ClusterGauges, Load
 from asyncjobs.metrics import ClusterMetrics
 from asyncjobs.sql import QUERIES
+from tests.plan_support import plan_nodes
 from tests.web_support import dashboard
 
 pytestmark = pytest.mark.anyio
@@ -146,15 +145,10 @@ async def test_the_gauges_query_reads_no_finished_run(dsn: str) -> None:
     finally:
         await conn.close()
     plan = json.loads(explained)[0]["Plan"]
-    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "runs"]
+    scans = [n for n in plan_nodes(plan) if n.get("Relation Name") == "runs"]
     assert len(scans) == 2, scans  # pending and running, each read once
     assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
 
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 class _SlowBackend:

@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 
 from asyncjobs.sql import QUERIES
+from tests.plan_support import plan_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -134,11 +135,6 @@ async def conn(big_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
 
 async def _explain(
     conn: asyncpg.Connection, name: str, mode: str, *, analyze: bool = False
@@ -160,7 +156,7 @@ def _runs_access(plan: dict[str, Any]) -> tuple[set[str], list[str]]:
     """The indexes of runs the plan uses, and its sequential scans of runs."""
     indexes: set[str] = set()
     seq_scans: list[str] = []
-    for node in _nodes(plan["Plan"]):
+    for node in plan_nodes(plan["Plan"]):
         index = node.get("Index Name")
         if index is not None and index.startswith("runs_"):
             indexes.add(index)
@@ -173,7 +169,7 @@ def _runs_pages(plan: dict[str, Any]) -> int:
     """Pages of runs and its indexes the scans of runs touched."""
     return sum(
         node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-        for node in _nodes(plan["Plan"])
+        for node in plan_nodes(plan["Plan"])
         if "Scan" in node["Node Type"]
         and (node.get("Relation Name") == "runs" or node.get("Index Name", "").startswith("runs_"))
     )

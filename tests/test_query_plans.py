@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from asyncjobs.sql import QUERIES
+from tests.plan_support import plan_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -170,11 +171,6 @@ async def conn(big_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
 
 def _with_now(name: str, args: dict[str, Any]) -> list[Any]:
     """The statement's arguments as the backend sends them, ``:now`` NULL."""
@@ -206,7 +202,7 @@ async def test_no_sequential_scan_of_runs_or_events(
         plan = json.loads(text)[0]["Plan"]
         scanned = [
             (node["Node Type"], node["Relation Name"])
-            for node in _nodes(plan)
+            for node in plan_nodes(plan)
             if node.get("Relation Name") in ("runs", "run_events")
             and node["Node Type"] == "Seq Scan"
         ]
@@ -226,7 +222,7 @@ async def test_versions_read_the_run_tree_only(conn: asyncpg.Connection) -> None
         plan = json.loads(text)[0]["Plan"]
         event_pages = sum(
             node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-            for node in _nodes(plan)
+            for node in plan_nodes(plan)
             if node.get("Relation Name") == "run_events"
             or node.get("Index Name", "").startswith("run_events")
         )

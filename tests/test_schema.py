@@ -20,6 +20,7 @@ from asyncjobs.backends.postgres import (
     PostgresBackend,
     translate_errors,
 )
+from tests.plan_support import plan_nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -328,11 +329,6 @@ async def _seed(conn: asyncpg.Connection) -> None:
     """.replace("$N", str(PENDING_RUNS)))  # fmt: skip
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
 
 async def _claim_plans(conn: asyncpg.Connection, calls: int) -> list[dict[str, Any]]:
     """Plans of every statement inside ``asyncjobs.claim_runs`` as it really executes them:
@@ -375,17 +371,17 @@ async def test_claim_uses_the_pending_index(dsn: str, plan_cache_mode: str) -> N
     assert len(claims) == 6
     for plan in plans:
         seq_scans = [
-            n for n in _nodes(plan["Plan"])
+            n for n in plan_nodes(plan["Plan"])
             if n["Node Type"] == "Seq Scan" and n.get("Relation Name") in ("runs", "run_events")
         ]  # fmt: skip
         assert not seq_scans, plan["Query Text"]
     for plan in claims:
         (candidates,) = [
-            n for n in _nodes(plan["Plan"]) if n.get("Subplan Name") == "CTE candidates"
+            n for n in plan_nodes(plan["Plan"]) if n.get("Subplan Name") == "CTE candidates"
         ]
-        locked = [n for n in _nodes(candidates) if n["Node Type"] == "LockRows"]
+        locked = [n for n in plan_nodes(candidates) if n["Node Type"] == "LockRows"]
         assert locked, "the candidate scan must lock rows (FOR UPDATE SKIP LOCKED)"
-        (scan,) = [n for n in _nodes(locked[0]) if n.get("Relation Name") == "runs"]
+        (scan,) = [n for n in plan_nodes(locked[0]) if n.get("Relation Name") == "runs"]
         # an ordered index scan: the LIMIT stops after the first rows, with no sort
         assert (scan["Node Type"], scan["Index Name"]) == ("Index Scan", "runs_pending_idx")
 
