@@ -25,12 +25,14 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import asyncpg
+from anyio.from_thread import start_blocking_portal
 
 from asyncjobs.app import App
 from asyncjobs.backends.base import Backend
@@ -88,23 +90,24 @@ def _check_url(dsn: str) -> str:
 
 
 class _LoopThread:
-    """An event loop in a daemon thread: the admin connection lives there, so the public
-    methods are plain functions that work from sync fixtures and from inside a running loop."""
+    """An event loop in a daemon thread (anyio's blocking portal): the admin connection lives
+    there, so the public methods are plain functions that work from sync fixtures and from
+    inside a running loop."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="asyncjobs-test-databases", daemon=True
-        )
-        self._thread.start()
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(_ADMIN_TIMEOUT)
+        future: Future[T] = self._portal.start_task_soon(_awaited, coro)
+        return future.result(_ADMIN_TIMEOUT)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
+        self._portal_cm.__exit__(None, None, None)
+
+
+async def _awaited(coro: Coroutine[Any, Any, T]) -> T:
+    return await coro
 
 
 class _Admin:
