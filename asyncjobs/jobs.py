@@ -9,7 +9,7 @@ import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
 from asyncjobs.context import Context, current_client
@@ -246,25 +246,11 @@ class Job(Generic[P, R]):
         rerun_failed: bool | None = None,
     ) -> Job[P, R]:
         """The same job with trigger options set; the job's own signature is kept."""
-        current = self.default_options
-        try:
-            merged = RunOptions(
-                priority=current.priority if priority is None else priority,
-                not_before=current.not_before if not_before is None else not_before,
-                not_after=current.not_after if not_after is None else not_after,
-                dedup_id=current.dedup_id if dedup_id is None else dedup_id,
-                queue=current.queue if queue is None else queue,
-                on_duplicate=current.on_duplicate if on_duplicate is None else on_duplicate,
-                wait_timeout=current.wait_timeout if wait_timeout is None else wait_timeout,
-                step=current.step if step is None else step,
-                rerun_failed=current.rerun_failed if rerun_failed is None else rerun_failed,
-            )
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"job {self.name!r}: {exc}") from None
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.default_options = merged
-        return clone
+        return with_options(
+            self, priority=priority, not_before=not_before, not_after=not_after,
+            dedup_id=dedup_id, queue=queue, on_duplicate=on_duplicate,
+            wait_timeout=wait_timeout, step=step, rerun_failed=rerun_failed,
+        )
 
     async def trigger_async(self, *args: P.args, **kwargs: P.kwargs) -> Run[R]:
         """Enqueue a run with the current client (inside a job: the worker's client)."""
@@ -282,6 +268,29 @@ class Job(Generic[P, R]):
             priority=self.priority if options.priority is None else options.priority,
             queue=options.queue or self.queue,
         )
+
+
+class _HasOptions(Protocol):
+    name: str
+    default_options: RunOptions
+
+
+H = TypeVar("H", bound=_HasOptions)
+
+
+def with_options(handle: H, **given: Any) -> H:
+    """A copy of ``handle`` (a ``Job`` or a ``JobRef``) whose trigger options are its own with
+    the ``given`` ones that are not ``None`` set, checked when set (``RunOptions``)."""
+    try:
+        merged = dataclasses.replace(
+            handle.default_options, **{k: v for k, v in given.items() if v is not None}
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"job {handle.name!r}: {exc}") from None
+    clone = object.__new__(type(handle))
+    clone.__dict__.update(handle.__dict__)
+    clone.default_options = merged
+    return clone
 
 
 def _split_signature(

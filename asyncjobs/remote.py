@@ -26,8 +26,8 @@ from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 
 from asyncjobs import telemetry
 from asyncjobs.backends.base import Backend, DefinitionStore, Enqueued, NewRun, QueueStore
 from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, ResultCodec, check_shape, dumps, result_codec
-from asyncjobs.errors import ConfigurationError, InvalidArguments, UnknownJob
-from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions
+from asyncjobs.errors import InvalidArguments, UnknownJob
+from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, OnDuplicate, RunOptions, with_options
 from asyncjobs.redact import REDACTED, KeyPath, redact_args
 from asyncjobs.rules import check_name
 from asyncjobs.runs import RunRecord, Trigger
@@ -123,21 +123,11 @@ class JobRef(Generic[R]):
         rerun_failed: bool | None = None,
     ) -> JobRef[R]:
         """The same reference with trigger options set (``None`` keeps the current one)."""
-        given: dict[str, Any] = {
-            "priority": priority, "not_before": not_before, "not_after": not_after,
-            "dedup_id": dedup_id, "queue": queue, "on_duplicate": on_duplicate,
-            "wait_timeout": wait_timeout, "step": step, "rerun_failed": rerun_failed,
-        }
-        try:  # checked when set (RunOptions.__post_init__), named like a job's options
-            merged = dataclasses.replace(
-                self.default_options, **{k: v for k, v in given.items() if v is not None}
-            )
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"job {self.name!r}: {exc}") from None
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone.default_options = merged
-        return clone
+        return with_options(
+            self, priority=priority, not_before=not_before, not_after=not_after,
+            dedup_id=dedup_id, queue=queue, on_duplicate=on_duplicate,
+            wait_timeout=wait_timeout, step=step, rerun_failed=rerun_failed,
+        )
 
     def renamed(self, name: str) -> JobRef[R]:
         """The same reference under the job's own name (it may have been given an alias)."""
