@@ -130,6 +130,12 @@ rates_app = App("rates")
 RATE = (8, 0.5)
 
 
+#: how long a rated run holds its worker slot: half the period, so that a worker of
+#: concurrency 2 starts at most 4 runs per window and the 8 of a window need several workers
+RATED_HOLD = 0.25
+
+
 @rates_app.job(rate_limit="8/500ms")
 async def rated(n: int) -> int:
+    await asyncio.sleep(RATED_HOLD)
     return n

@@ -285,10 +285,12 @@ async def test_rate_limit_holds_across_four_workers(dsn: str, tmp_path: Path) ->
     count, period = RATE
     runs = 6 * count
     # the default poll interval (1 s, twice the period): starts on time show the workers wake
-    # when the window allows, not at their next poll
+    # when the window allows, not at their next poll. Concurrency 2 with runs that hold their
+    # slot half a period: one worker cannot take a whole window, so the limit is shared (else
+    # the first worker to wake could take every window's starts alone)
     workers = [
         _start_worker(dsn, "tests.step_apps:rates_app", tmp_path / f"w{n}.log",
-                      "--poll-interval", "1")
+                      "--poll-interval", "1", "--concurrency", "2")
         for n in range(4)
     ]
     conn = await asyncpg.connect(dsn)
