@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# asyncjobs side by side with the anchors (pgqueuer, procrastinate, graphile-worker), in ONE
-# session: RUNS rounds (default 3), the libraries interleaved with their order reversed every
-# other round, the raw-driver baselines after each round, then asyncjobs' own extra rows
-# (run_async, SSE lag: in every round; cost growth and soak: once at the end).
+# asyncjobs side by side with the anchors (pgqueuer, procrastinate, graphile-worker, DBOS,
+# oban), in ONE session: RUNS rounds (default 3), the libraries interleaved with their order
+# reversed every other round, each library's harness run followed by its "100 concurrent
+# callers" enqueue run, the raw-driver baselines after each round, then asyncjobs' own extra
+# rows (run_async, SSE lag, limits cost: in every round; cost growth and soak: once at the end).
 # Writes everything into OUT (default benchmarks/results/<UTC stamp>), the tables in table.md.
 #
 # Usage: benchmarks/run_all.sh [extra args passed to every harness script, e.g. --n 10000]
 # Env:
 #   RUNS=3              rounds
-#   LIBS="asyncjobs pgqueuer procrastinate graphile extra"   what each round runs
+#   LIBS="asyncjobs pgqueuer procrastinate graphile dbos oban extra"   what each round runs
+#   LIMITS_N=...        runs per variant of the limits phase (default: the harness's --n)
 #   GROWTH=1            0 skips the growth + soak phases (about 4 minutes)
 #   GROWTH_ARGS=...     extra args for them, e.g. "--growth-sizes 10000,100000"
 #   OUT=...             result folder
 #   BENCH_VENV=...      the one venv for every Python adapter (default benchmarks/.venv-bench)
+#   BENCH_PYTHON=...    the Python >= 3.12 it is made with (oban needs 3.12; default: python3.12
+#                       on PATH, else pyenv's newest 3.12)
 #   BENCH_ANCHORS=...   the anchors (default: shared/bench-anchors beside the repository)
 #   NODE=node
 # The anchors' folder is only read: graphile/ is copied to benchmarks/.work/graphile (git-ignored)
@@ -26,7 +30,7 @@ VENV=${BENCH_VENV:-$BENCH/.venv-bench}
 WORK=$BENCH/.work
 NODE=${NODE:-node}
 RUNS=${RUNS:-3}
-LIBS=${LIBS:-"asyncjobs pgqueuer procrastinate graphile extra"}
+LIBS=${LIBS:-"asyncjobs pgqueuer procrastinate graphile dbos oban extra"}
 GROWTH=${GROWTH:-1}
 GROWTH_ARGS=${GROWTH_ARGS:-}
 OUT=${OUT:-$BENCH/results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -36,13 +40,40 @@ export BENCH_HARNESS=$ANCHORS
 
 [ -f "$ANCHORS/_common.py" ] || { echo "anchors not found at $ANCHORS" >&2; exit 2; }
 
+# the harness's --n (the limits phase runs as many per variant unless LIMITS_N says otherwise)
+HARNESS_N=10000
+args=("$@")
+for (( k = 0; k < ${#args[@]}; k++ )); do
+  case "${args[k]}" in
+    --n) HARNESS_N=${args[k+1]:-$HARNESS_N} ;;
+    --n=*) HARNESS_N=${args[k]#--n=} ;;
+  esac
+done
+LIMITS_N=${LIMITS_N:-$HARNESS_N}
+
 # ---------------------------------------------------------------- the Python venv (pinned)
+# One Python >= 3.12 for every adapter: oban requires it (the anchors ran DBOS, oban and
+# pgqueuer on 3.12.1 for the same reason), and asyncjobs supports it.
+find_python() {
+  local cand
+  for cand in "${BENCH_PYTHON:-}" python3.12 \
+      $(ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 \
+          2>/dev/null | sort -V | tac); do
+    [ -n "$cand" ] || continue
+    # a pyenv shim exists even when it cannot run: ask the interpreter itself
+    if "$cand" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  echo "no Python >= 3.12 found (set BENCH_PYTHON)" >&2; return 1
+}
+PYTHON=$(find_python)
 PINS=(pgqueuer==1.6.0 procrastinate==3.10.0 asyncpg==0.32.0 'psycopg[binary]==3.3.9'
-      psycopg-pool==3.3.3 httpx==0.28.1)
-stamp="${PINS[*]} $(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
+      psycopg-pool==3.3.3 httpx==0.28.1 dbos==3.4.0 oban==0.7.0)
+stamp="$("$PYTHON" -V) ${PINS[*]} $(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.bench-pins" 2>/dev/null)" != "$stamp" ]; then
-  echo "== installing the benchmark venv in $VENV" >&2
-  python3 -m venv "$VENV"
+  echo "== installing the benchmark venv in $VENV ($("$PYTHON" -V))" >&2
+  "$PYTHON" -m venv --clear "$VENV"   # --clear: no packages of an older Python left behind
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PINS[@]}"
   # asyncjobs from this checkout, editable: one python runs every adapter
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO"
@@ -97,25 +128,35 @@ psql -h "${BENCH_PGHOST:-127.0.0.1}" -U "${BENCH_PGUSER:-root}" -d postgres -Atc
   echo "load average at start: $(cat /proc/loadavg)"
 } > "$OUT/asyncjobs-tree.txt"
 
-run_lib() {  # run_lib LIB ROUND [harness args...]
+timed() {  # timed NAME ROUND CMD...: one run, its stdout/stderr kept, its time logged
+  local name=$1 r=$2; shift 2
+  echo "== round $r/$RUNS: $name ($(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  local t=$SECONDS
+  if ! "$@" --verbose > "$OUT/${name}.run${r}.stdout" 2> "$OUT/${name}.run${r}.stderr"; then
+    echo "   $name round $r FAILED (see $OUT/${name}.run${r}.stderr)" >&2
+  fi
+  echo "round $r $name $(( SECONDS - t )) s, load average after: $(cut -d' ' -f1-3 /proc/loadavg)" \
+    >> "$OUT/run-times.txt"
+}
+
+run_lib() {  # run_lib LIB ROUND [harness args...]: the harness, then 100 concurrent callers
   local lib=$1 r=$2; shift 2
-  local cmd
+  local harness concurrent=()
   case "$lib" in
-    asyncjobs) cmd=("$PY" "$BENCH/bench_asyncjobs.py" --json-out "$OUT/asyncjobs.jsonl" "$@") ;;
-    pgqueuer|procrastinate)
-      cmd=("$PY" "$ANCHORS/bench_${lib}.py" --json-out "$OUT/${lib}.jsonl" "$@") ;;
-    graphile) cmd=("$NODE" "$WORK/graphile/bench_graphile.js" --json-out "$OUT/graphile.jsonl" "$@") ;;
-    extra) cmd=("$PY" "$BENCH/bench_extra.py" --phases run_async,sse_lag
-                --json-out "$OUT/extra.jsonl") ;;
+    asyncjobs) harness=("$PY" "$BENCH/bench_asyncjobs.py") ;;
+    pgqueuer|procrastinate|dbos|oban) harness=("$PY" "$ANCHORS/bench_${lib}.py") ;;
+    graphile)
+      harness=("$NODE" "$WORK/graphile/bench_graphile.js")
+      concurrent=("$NODE" "$BENCH/bench_graphile_concurrent.js" --modules-dir "$WORK/graphile") ;;
+    extra)
+      timed extra "$r" "$PY" "$BENCH/bench_extra.py" --phases run_async,sse_lag,limits \
+        --limits-rounds 1 --limits-n "$LIMITS_N" --json-out "$OUT/extra.jsonl"
+      return ;;
     *) echo "unknown library $lib" >&2; return 2 ;;
   esac
-  echo "== round $r/$RUNS: $lib ($(cut -d' ' -f1-3 /proc/loadavg))" >&2
-  local t=$SECONDS
-  if ! "${cmd[@]}" --verbose > "$OUT/${lib}.run${r}.stdout" 2> "$OUT/${lib}.run${r}.stderr"; then
-    echo "   $lib round $r FAILED (see $OUT/${lib}.run${r}.stderr)" >&2
-  fi
-  echo "round $r $lib $(( SECONDS - t )) s, load average after: $(cut -d' ' -f1-3 /proc/loadavg)" \
-    >> "$OUT/run-times.txt"
+  [ ${#concurrent[@]} -gt 0 ] || concurrent=("$PY" "$BENCH/bench_concurrent.py" --lib "$lib")
+  timed "$lib" "$r" "${harness[@]}" --json-out "$OUT/${lib}.jsonl" "$@"
+  timed "$lib-concurrent" "$r" "${concurrent[@]}" --json-out "$OUT/concurrent.jsonl" "$@"
 }
 
 t_suite=$SECONDS
@@ -141,9 +182,10 @@ echo "suite wall time: $(( SECONDS - t_suite )) s" | tee -a "$OUT/run-times.txt"
 
 # ---------------------------------------------------------------- tables
 # The anchors' aggregator makes the main tables (it reads the Python JSON lines too); report.py
-# adds asyncjobs' extra rows, cost growth, the soak and the ratios to the best anchor.
+# adds the concurrent-callers row, asyncjobs' extra rows, the limits' cost, cost growth, the soak,
+# the ratios to the best anchor and every target of issues 12 and 14 (met / not met).
 main_files=()
-for lib in asyncjobs pgqueuer procrastinate graphile baseline; do
+for lib in asyncjobs pgqueuer procrastinate graphile dbos oban baseline; do
   [ -s "$OUT/$lib.jsonl" ] && main_files+=("$OUT/$lib.jsonl")
 done
 {
