@@ -40,7 +40,8 @@ export BENCH_HARNESS=$ANCHORS
 
 [ -f "$ANCHORS/_common.py" ] || { echo "anchors not found at $ANCHORS" >&2; exit 2; }
 
-# the harness's --n (the limits phase runs as many per variant unless LIMITS_N says otherwise)
+# the harness's --n: the baselines run as many, and so does each variant of the limits phase
+# unless LIMITS_N says otherwise
 HARNESS_N=10000
 args=("$@")
 for (( k = 0; k < ${#args[@]}; k++ )); do
@@ -166,8 +167,9 @@ for r in $(seq 1 "$RUNS"); do
   for lib in $order; do
     run_lib "$lib" "$r" "$@"
   done
-  "$NODE" "$WORK/graphile/bench_baseline.js" --json-out "$OUT/baseline.jsonl" > /dev/null
-  "$PY" "$ANCHORS/bench_baseline.py" --json-out "$OUT/baseline.jsonl" > /dev/null
+  "$NODE" "$WORK/graphile/bench_baseline.js" --n "$HARNESS_N" --json-out "$OUT/baseline.jsonl" \
+    > /dev/null
+  "$PY" "$ANCHORS/bench_baseline.py" --n "$HARNESS_N" --json-out "$OUT/baseline.jsonl" > /dev/null
 done
 if [ "$GROWTH" = 1 ]; then
   echo "== growth and soak ($(cut -d' ' -f1-3 /proc/loadavg))" >&2
