@@ -286,17 +286,23 @@ def limits_table(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def growth_ratio(growth: dict[str, Any] | None) -> tuple[str, bool | None, str]:
-    """(cell, met, note) for 'throughput at 1M pending >= 0.8x the 10k figure'."""
+def growth_ratio(growth: dict[str, Any] | None) -> tuple[str, str, bool | None, str]:
+    """(row, cell, met, note) for "throughput at 1M pending >= 0.8x the 10k figure": the
+    largest backlog of the growth phase against the smallest (10k and 1M by default)."""
     sizes = (growth or {}).get("phases", {}).get("growth", {}).get("sizes", {})
-    if "10000" not in sizes or "1000000" not in sizes:
-        return "n/a", None, "growth needs the sizes 10000 and 1000000"
-    small, big = sizes["10000"]["process"], sizes["1000000"]["process"]
-    ratio = big["jobs_per_s"] / small["jobs_per_s"]
-    note = f"{big['jobs_per_s']:,.0f} vs {small['jobs_per_s']:,.0f} jobs/s (c=100)"
-    if big.get("capped"):
-        note += f"; 1M capped at {big['jobs']:,} runs"
-    return f"{ratio:.2f}×", ratio >= 0.8, note
+    if len(sizes) < 2:
+        return ("process c=100 at 1M pending / at 10k pending", "n/a", None,
+                "needs the growth phase with two sizes or more")
+    small, big = min(sizes, key=int), max(sizes, key=int)
+    rate_small, rate_big = (sizes[k]["process"] for k in (small, big))
+    ratio = rate_big["jobs_per_s"] / rate_small["jobs_per_s"]
+    note = f"{rate_big['jobs_per_s']:,.0f} vs {rate_small['jobs_per_s']:,.0f} jobs/s"
+    if rate_big.get("capped"):
+        note += f"; capped at {rate_big['jobs']:,} runs"
+    if (small, big) != ("10000", "1000000"):
+        note += "; the target is set for 10k and 1M"
+    return (f"process c=100 at {int(big):,} pending / at {int(small):,} pending",
+            f"{ratio:.2f}×", ratio >= 0.8, note)
 
 
 def targets_table(main: dict[str, list[dict[str, Any]]], extra: list[dict[str, Any]],
@@ -325,8 +331,8 @@ def targets_table(main: dict[str, list[dict[str, Any]]], extra: list[dict[str, A
         else:
             rows.append((label, f"{mine:.3f} ms", f"≤ pgqueuer ({theirs:.3f} ms)",
                          mine <= theirs, f"{mine / theirs:.2f}× pgqueuer"))
-    cell_, met, note = growth_ratio(growth)
-    rows.append(("process c=100 at 1M pending / at 10k pending", cell_, "≥ 0.8×", met, note))
+    row, cell_, met, note = growth_ratio(growth)
+    rows.append((row, cell_, "≥ 0.8×", met, note))
     limits = [r["phases"]["limits"] for r in extra if "limits" in r.get("phases", {})]
     for variant, label in (("keyed", "per-key limit"), ("rated", "rate limit (not binding)")):
         row = f"process c=100 with a {label} / plain job"
