@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, overload
+from typing import Any, Generic, ParamSpec, cast, overload
 
 import anyio
 from typing_extensions import TypeVar  # PEP 696 defaults (typing has them from 3.13)
@@ -49,7 +49,7 @@ from asyncjobs.runs import EventCursor, RunEvent, RunPage, RunRecord, RunStatus,
 from asyncjobs.schedules import ScheduleState
 from asyncjobs.steps import step_keys
 from asyncjobs.summary import JobSummary, LastSuccess
-from asyncjobs.waiters import ResultWaiter
+from asyncjobs.waiters import Outcome, ResultWaiter, Succeeded
 
 #: what triggers accept as a job: the job itself, a reference by name, or its name
 JobLike = Job[Any, Any] | JobRef[Any] | str
@@ -301,8 +301,16 @@ class Client:
         back while waiting, so a parent never starves its own children.
         """
         handle = self._handle(job)
-        run = await self.trigger_async(handle, *args, **kwargs)
-        return await run.result(handle.default_options.wait_timeout)
+        # expected before the trigger: the run's notification then carries all the wait needs
+        ticket = self._waiter.expect()
+        try:
+            run = await self.trigger_async(handle, *args, **kwargs)
+        except BaseException:
+            self._waiter.forget(ticket)
+            raise
+        return await self.wait_result(
+            run.id, run.job, handle.default_options.wait_timeout, ticket=ticket
+        )
 
     async def _enqueue(
         self, job: Job[Any, R], encoded: list[str], trigger: Trigger
@@ -397,12 +405,20 @@ class Client:
     # ------------------------------------------------------------------ waiting
 
     async def wait_result(
-        self, run_id: int, job: Job[Any, R] | JobRef[R], timeout: float | None = None
+        self,
+        run_id: int,
+        job: Job[Any, R] | JobRef[R],
+        timeout: float | None = None,
+        *,
+        ticket: int | None = None,
     ) -> R:
-        record = await self.wait(run_id, timeout)
-        if record.status is RunStatus.SUCCEEDED:
-            return job.result.decode(record.result)  # type: ignore[no-any-return]
-        raise _run_error(record)
+        """The run's typed result, or its ``RunError``; ``ticket``: see ``ResultWaiter``."""
+        outcome = await self._await(run_id, timeout, quick=True, ticket=ticket)
+        if isinstance(outcome, Succeeded):  # from the notification: no query
+            return job.result.decode(outcome.result)  # type: ignore[no-any-return]
+        if outcome.status is RunStatus.SUCCEEDED:
+            return job.result.decode(outcome.result)  # type: ignore[no-any-return]
+        raise _run_error(outcome)
 
     async def wait_outcome(
         self,
@@ -418,14 +434,25 @@ class Client:
 
     async def wait(self, run_id: int, timeout: float | None = None) -> RunRecord:
         """Wait until the run is terminal and return it (no error for failed runs)."""
-        run_id = inputs.run_id(run_id)
-        timeout = inputs.seconds(timeout, "timeout")
-        context = current_context.get()
-        with anyio.move_on_after(timeout) as scope:
-            if context is not None:
-                async with context.waiting():
-                    return await self._waiter.wait(run_id)
-            return await self._waiter.wait(run_id)
+        # not quick: only quick waits are handed a Succeeded
+        return cast(RunRecord, await self._await(run_id, timeout, quick=False))
+
+    async def _await(
+        self, run_id: int, timeout: float | None, *, quick: bool, ticket: int | None = None
+    ) -> Outcome:
+        try:
+            run_id = inputs.run_id(run_id)
+            timeout = inputs.seconds(timeout, "timeout")
+            context = current_context.get()
+            wait = self._waiter.outcome
+            with anyio.move_on_after(timeout) as scope:
+                if context is not None:
+                    async with context.waiting():
+                        return await wait(run_id, quick=quick, ticket=ticket)
+                return await wait(run_id, quick=quick, ticket=ticket)
+        finally:
+            if ticket is not None:  # used by now, or never will be
+                self._waiter.forget(ticket)
         assert scope.cancelled_caught
         raise RunTimeout(f"run {run_id} did not finish within {timeout} s", run_id)
 

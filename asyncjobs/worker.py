@@ -247,6 +247,13 @@ class Worker:
         #: loop time before which this worker does not sweep (see ``_sweep_loop``)
         self._sweep_after = 0.0
         self._wake = asyncio.Event()
+        #: the claim loop sleeps because it has no room: a freed slot must wake it
+        self._want_room = False
+        #: whether a claim that comes back short means nothing claimable is left (see
+        #: ``_claim_loop``): only when no job this worker runs has a job-level limit
+        self._short_claim_drains = not any(
+            j.max_concurrency or j.key_limit or j.rate_limit for j in app.jobs.values()
+        )
         #: heartbeat now (a NOTIFY said cancellations were asked without listing them)
         self._beat_now = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -482,7 +489,9 @@ class Worker:
                 if self._slots.free > 0:  # slots free, but completions are not stored yet
                     self._throttled = True
                     self.stats.throttled += 1
+                self._want_room = True
                 await self._sleep(None)
+                self._want_room = False
                 continue
             self._wake.clear()
             try:
@@ -499,14 +508,22 @@ class Worker:
             self.stats.claims += 1
             for record in records:
                 self._start(record)
-            # Claim again at once while claims bring work: a claim can come back short
-            # because a limited job filled up mid-batch while other runs still wait.
-            if not records:
+            # A claim that took fewer runs than asked drained the queues: wait for the next
+            # wake-up (one that came during the claim is still set) or poll, claiming again
+            # at once would come back empty. Not so with a job-level limit: it may have
+            # dropped runs the scan had picked while other runs still wait behind them.
+            if not records or (self._short_claim_drains and len(records) < free):
                 # a full rate limit says when its next start is allowed: wake then, not later
                 wake_in = getattr(records, "wake_in", None)
                 await self._sleep(
                     self.poll_interval if wake_in is None else min(self.poll_interval, wake_in)
                 )
+
+    def _room_freed(self) -> None:
+        """A slot was given back: wake the claim loop if it waits for one. After a claim that
+        drained the queues it does not: there is nothing to claim until a wake-up says so."""
+        if self._want_room:
+            self._wake.set()
 
     async def _sleep(self, timeout: float | None) -> None:
         """Until a wake-up (NOTIFY, freed slot, stop) or the timeout."""
@@ -573,7 +590,7 @@ class Worker:
             gate.discard()
             self._slots.give_back()
             self._running.pop(record.id, None)
-            self._wake.set()
+            self._room_freed()
         if completion is not None:
             self._report(completion)
 
@@ -717,7 +734,7 @@ class Worker:
     @contextlib.asynccontextmanager
     async def _yield_slot(self) -> AsyncIterator[None]:
         self._slots.give_back()
-        self._wake.set()
+        self._room_freed()
         try:
             yield
         finally:

@@ -7,8 +7,8 @@ client, worker and dashboard share one backend object and lets tests wrap one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -192,6 +192,9 @@ class Notification:
     events: bool = False
     #: the listener reconnected: anything may have been missed, catch up by polling
     reconnected: bool = False
+    #: the stored results (JSON values) of some runs among ``done`` that succeeded: a
+    #: waiter of one of them needs no query (see ``asyncjobs.notify`` in sql/schema.sql)
+    results: Mapping[int, Any] = field(default_factory=dict)
 
 
 Listener = Callable[[Notification], None]

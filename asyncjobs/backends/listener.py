@@ -4,12 +4,19 @@ The connection reconnects with capped exponential backoff when it is lost (serve
 ``pg_terminate_backend``); after each (re)connect every callback gets a ``reconnected``
 notification so it can catch up by polling whatever it may have missed. An outage is logged
 once when it starts and once when it ends, not on every attempt.
+
+``LOCAL_PEERS`` lets a statement's effect reach the listeners of this process at once: a
+trigger wakes the in-process workers of its queues right after its insert returns, without
+waiting for its NOTIFY to travel to the server and back (the NOTIFY still serves the other
+processes, and these listeners too if the local wake-up was missed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+import weakref
 from typing import Any
 
 import asyncpg
@@ -29,21 +36,25 @@ STABLE_AFTER = 1.0
 APPLICATION_NAME = "asyncjobs-listener"
 
 
-def parse_notification(payload: str) -> Notification:
-    """The JSON payload the SQL sends on channel ``asyncjobs`` → ``Notification``."""
+def parse_notification(payload: str, own_origin: str | None = None) -> Notification:
+    """The JSON payload the SQL sends on channel ``asyncjobs`` → ``Notification``. One whose
+    ``origin`` is ``own_origin`` wakes no claimer: they were woken locally (``LocalPeers``)."""
     try:
         data: dict[str, Any] = orjson.loads(payload) if payload else {}
-    except orjson.JSONDecodeError:
+        results = {int(run_id): value for run_id, value in (data.get("results") or {}).items()}
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
         logger.warning("ignoring a malformed notification: %.200r", payload)
         return Notification()
+    echo = own_origin is not None and data.get("origin") == own_origin
     return Notification(
-        queues=frozenset(data.get("queues") or ()),
+        queues=frozenset() if echo else frozenset(data.get("queues") or ()),
         done=frozenset(data.get("done") or ()),
         many_done=bool(data.get("many")),
         cancel=frozenset(data.get("cancel") or ()),
         cancel_many=bool(data.get("cancel_many")),
-        all_queues=bool(data.get("all_queues")),
+        all_queues=not echo and bool(data.get("all_queues")),
         events=True,
+        results=results,
     )
 
 
@@ -55,12 +66,17 @@ class PostgresListener:
         self._channel = channel
         self._callbacks: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        #: the event loop of the callbacks (a ``SyncClient`` runs its own loop in a thread)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: the DSN under which it joined ``LOCAL_PEERS``, if it did
+        self.peer_dsn: str | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
 
     def add(self, callback: Listener) -> None:
         self._callbacks.append(callback)
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="asyncjobs-listener")
 
     def remove(self, callback: Listener) -> None:
@@ -82,8 +98,16 @@ class PostgresListener:
             except Exception:
                 logger.exception("a notification callback failed")
 
+    @property
+    def origin(self) -> str | None:
+        """The ``origin`` of the statements whose wake-ups reach this listener locally
+        (``LocalPeers``): their NOTIFY wakes no claimer again."""
+        if self.peer_dsn is None or self._loop is None:
+            return None
+        return LOCAL_PEERS.origin(self.peer_dsn, self._loop)
+
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self.dispatch(parse_notification(str(payload)))
+        self.dispatch(parse_notification(str(payload), self.origin))
 
     async def _run(self) -> None:
         delay = RECONNECT_MIN_DELAY
@@ -167,6 +191,57 @@ class PostgresListener:
             await asyncio.wait_for(conn.close(), timeout=1)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             conn.terminate()
+
+
+class LocalPeers:
+    """The listeners of this process by the DSN whose database they hear (see module doc).
+
+    Only listeners of the running event loop are reached: the callbacks are not thread-safe,
+    and a listener of another loop still gets the NOTIFY. ``origin`` names this process,
+    loop and DSN in the NOTIFY of a statement whose wake-up was dispatched here, so those
+    listeners do not wake their claimers a second time for it (an empty claim)."""
+
+    def __init__(self) -> None:
+        self._by_dsn: dict[str, list[PostgresListener]] = {}
+        self._process = uuid.uuid4().hex[:12]
+        self._dsn_ids: dict[str, int] = {}
+        self._loop_ids: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_seen = 0
+
+    def origin(self, dsn: str, loop: asyncio.AbstractEventLoop) -> str:
+        dsn_id = self._dsn_ids.setdefault(dsn, len(self._dsn_ids))
+        loop_id = self._loop_ids.get(loop)
+        if loop_id is None:  # numbered once: a closed loop's number is never reused
+            loop_id = self._loop_ids[loop] = self._loops_seen
+            self._loops_seen += 1
+        return f"{self._process}:{loop_id}:{dsn_id}"
+
+    def join(self, dsn: str, listener: PostgresListener) -> None:
+        self._by_dsn.setdefault(dsn, []).append(listener)
+        listener.peer_dsn = dsn
+
+    def leave(self, dsn: str, listener: PostgresListener) -> None:
+        peers = self._by_dsn.get(dsn, [])
+        if listener in peers:
+            peers.remove(listener)
+        listener.peer_dsn = None
+        if not peers:
+            self._by_dsn.pop(dsn, None)
+
+    def dispatch(self, dsn: str, notification: Notification) -> None:
+        """Hand ``notification`` to the callbacks of every listener of ``dsn`` in this loop."""
+        peers = self._by_dsn.get(dsn)
+        if not peers:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in peers:
+            if listener._loop is loop:
+                listener.dispatch(notification)
+
+
+LOCAL_PEERS = LocalPeers()
 
 
 def _terminate_connection(connecting: asyncio.Future[asyncpg.Connection]) -> None:

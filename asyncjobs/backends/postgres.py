@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,7 +44,7 @@ from asyncjobs.backends.base import (
     SwitchKind,
     WorkerInfo,
 )
-from asyncjobs.backends.listener import PostgresListener
+from asyncjobs.backends.listener import LOCAL_PEERS, PostgresListener
 from asyncjobs.codec import dumps
 from asyncjobs.errors import (
     DatabaseBusy,
@@ -337,6 +337,7 @@ class PostgresBackend:
         except BaseException:
             await self._disconnect()
             raise
+        LOCAL_PEERS.join(self.dsn, self._listener)
 
     async def close(self) -> None:
         """Undo one ``open``; the last one disconnects (extra calls only make sure of it)."""
@@ -349,6 +350,7 @@ class PostgresBackend:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        LOCAL_PEERS.leave(self.dsn, self._listener)
         await self._listener.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -461,16 +463,34 @@ class PostgresBackend:
             return []
         # One statement is atomic on its own; only a batch that may be partly written before a
         # duplicate is found needs a transaction to roll back.
-        if not (reject_duplicates and len(runs) > 1 and any(r.dedup_id for r in runs)):
-            results = await self._enqueue_on(self.pool, runs)
-            if reject_duplicates:
-                _raise_first_duplicate(runs, results)
-            return results
-        with translate_errors():
-            async with self.pool.acquire() as conn, conn.transaction():
-                results = await self._enqueue_on(conn, runs)
-                _raise_first_duplicate(runs, results)  # rolls the whole batch back
-                return results
+        try:
+            if not (reject_duplicates and len(runs) > 1 and any(r.dedup_id for r in runs)):
+                results = await self._enqueue_on(self.pool, runs)
+            else:
+                with translate_errors():
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        results = await self._enqueue_on(conn, runs)
+                        _raise_first_duplicate(runs, results)  # rolls the whole batch back
+        except BaseException:
+            # it may have committed (cancelled while the reply was on its way), and its
+            # NOTIFY skips this process's claimers: wake them (at worst one empty claim)
+            self._wake_local(runs, None)
+            raise
+        self._wake_local(runs, results)
+        if reject_duplicates:
+            _raise_first_duplicate(runs, results)
+        return results
+
+    def _wake_local(self, runs: Sequence[NewRun], results: Sequence[Enqueued] | None) -> None:
+        """Wake this process's claimers of the queues that just got runs due now (committed;
+        ``results`` None: maybe): one claim round trip to the start, where the NOTIFY would add
+        a trip to the server and back. That NOTIFY skips them (``LocalPeers``)."""
+        if results is not None and not any(e.created for e in results):
+            return
+        now = self.clock_now() or datetime.now(UTC)
+        queues = frozenset(r.queue for r in runs if r.not_before is None or r.not_before <= now)
+        if queues:
+            LOCAL_PEERS.dispatch(self.dsn, Notification(queues=queues))
 
     async def _insert(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
@@ -493,6 +513,7 @@ class PostgresBackend:
                 "trace_contexts": [r.trace_context for r in runs],
                 "step_keys": [r.step_key for r in runs],
                 "key_fields": [r.key_field for r in runs],
+                "origin": LOCAL_PEERS.origin(self.dsn, asyncio.get_running_loop()),
             }
             return await conn.fetch(query.text, *self._args(query, named))
 

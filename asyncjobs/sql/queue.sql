@@ -60,8 +60,10 @@ created AS (
       FROM inserted
 ),
 notified AS (
+    -- :origin: this process woke its own claimers already (it skips the echo)
     SELECT asyncjobs.notify(array_agg(DISTINCT queue)
-                                FILTER (WHERE not_before <= coalesce(:now, now())))
+                                FILTER (WHERE not_before <= coalesce(:now, now())),
+                            p_origin => :origin::text)
       FROM inserted HAVING count(*) > 0
 )
 SELECT i.* FROM inserted i LEFT JOIN notified ON true ORDER BY i.id;
@@ -126,7 +128,7 @@ done AS (
      WHERE r.id = ANY (:ids::bigint[]) AND r.id = i.id AND r.attempt = i.attempt
        AND r.worker_id = :worker AND r.lease_expires_at IS NOT NULL  -- running, ours (see top)
     RETURNING r.id, r.root_run_id, r.status, r.attempt, r.not_before, r.queue, r.job, i.error,
-              i.retry_in
+              i.retry_in, i.result
 ),
 -- queues where a finished run freed a slot under a limit: their workers may claim again now
 freed AS (
@@ -148,7 +150,10 @@ notified AS (
     SELECT asyncjobs.notify((SELECT array_agg(queue) FROM (
                                  SELECT queue FROM done WHERE status = 'pending'
                                  UNION SELECT queue FROM freed) wake),
-                            array_agg(id) FILTER (WHERE status <> 'pending'))
+                            array_agg(id) FILTER (WHERE status <> 'pending'), NULL,
+                            -- a waiting run_async then needs no query
+                            jsonb_object_agg(id, coalesce(result, 'null'))
+                                FILTER (WHERE status = 'succeeded'))
       FROM done HAVING count(*) > 0
 )
 SELECT d.id FROM done d LEFT JOIN notified ON true;

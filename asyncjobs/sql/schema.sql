@@ -1,4 +1,4 @@
--- asyncjobs schema, version 9: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 10: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -274,8 +274,14 @@ CREATE FUNCTION asyncjobs.limit_lock_key(kind text, name text) RETURNS bigint
 -- would not fit is left out and a flag says so, and the listener catches up by reading the
 -- database (`all_queues`: wake every claimer; `many`: check every awaited run;
 -- `cancel_many`: heartbeat at once, which returns the runs whose cancel was requested).
+-- `results` ({"<run id>": result}) carries the results of succeeded runs among `done`, so a
+-- caller waiting for one needs no query: those that fit in the room left, smallest first (a
+-- waiter whose result is not there reads the run). `origin` names the process (and event
+-- loop) whose statement sent it: that process woke its own claimers already (see
+-- asyncjobs/backends/listener.py LocalPeers).
 CREATE FUNCTION asyncjobs.notify(
-    p_queues text[], p_done bigint[] DEFAULT NULL, p_cancel bigint[] DEFAULT NULL
+    p_queues text[], p_done bigint[] DEFAULT NULL, p_cancel bigint[] DEFAULT NULL,
+    p_results jsonb DEFAULT NULL, p_origin text DEFAULT NULL
 ) RETURNS void
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -285,6 +291,8 @@ DECLARE
     max_bytes CONSTANT integer := 7900;
     payload jsonb := '{}';
     longest text;
+    room integer;
+    fitting jsonb;
 BEGIN
     IF cardinality(p_queues) > 0 THEN
         payload := payload || jsonb_build_object('queues', p_queues);
@@ -299,6 +307,9 @@ BEGIN
     ELSIF cardinality(p_cancel) > 0 THEN
         payload := payload || jsonb_build_object('cancel', p_cancel);
     END IF;
+    IF p_origin IS NOT NULL THEN
+        payload := payload || jsonb_build_object('origin', left(p_origin, 100));
+    END IF;
     -- still too long (long queue names, long ids): cut the longest list until it fits
     WHILE octet_length(payload::text) > max_bytes LOOP
         SELECT key INTO longest FROM jsonb_each(payload)
@@ -307,6 +318,25 @@ BEGIN
             CASE longest WHEN 'queues' THEN 'all_queues' WHEN 'done' THEN 'many'
                          ELSE 'cancel_many' END, true);
     END LOOP;
+    IF payload ? 'done' AND p_results IS NOT NULL AND p_results <> '{}' THEN
+        -- 16: `, "results": {}`; each entry costs its key and value and `"": , ` (6)
+        room := max_bytes - octet_length(payload::text) - 16;
+        IF octet_length(p_results::text) <= room THEN
+            fitting := p_results;
+        ELSE
+            SELECT jsonb_object_agg(key, value) INTO fitting FROM (
+                SELECT key, value, sum(octet_length(key) + octet_length(value::text) + 6)
+                                       OVER (ORDER BY octet_length(value::text), key) AS total
+                  FROM jsonb_each(p_results)) e
+             WHERE total <= room;
+        END IF;
+        IF fitting IS NOT NULL THEN
+            payload := payload || jsonb_build_object('results', fitting);
+        END IF;
+        IF octet_length(payload::text) > max_bytes THEN  -- never: the estimate is an upper bound
+            payload := payload - 'results';
+        END IF;
+    END IF;
     PERFORM pg_notify('asyncjobs', payload::text);
 END
 $$;
@@ -606,3 +636,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (6, 'limits');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (7, 'queue_storage');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (8, 'time_control');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (9, 'scale_fixes');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results');
