@@ -521,8 +521,9 @@ class Worker:
 
     def _room_freed(self) -> None:
         """A slot was given back: wake the claim loop if it waits for one. After a claim that
-        drained the queues it does not: there is nothing to claim until a wake-up says so."""
-        if self._want_room:
+        drained the queues it does not: there is nothing to claim until a wake-up says so
+        (unless a job-level limit makes "drained" unsure, see ``_claim_loop``)."""
+        if self._want_room or not self._short_claim_drains:
             self._wake.set()
 
     async def _sleep(self, timeout: float | None) -> None:
