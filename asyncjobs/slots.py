@@ -16,6 +16,8 @@ class Slots:
         self.capacity = capacity
         self._used = 0
         self._freed = asyncio.Condition()
+        #: jobs in ``take_when_free``: only then does a freed slot need to tell anyone
+        self._waiting = 0
 
     @property
     def free(self) -> int:
@@ -26,12 +28,17 @@ class Slots:
 
     def give_back(self) -> None:
         self._used -= 1
-        asyncio.get_running_loop().create_task(self._notify())
+        if self._waiting:  # a task per freed slot otherwise: one per run, for nobody
+            asyncio.get_running_loop().create_task(self._notify())
 
     async def take_when_free(self) -> None:
-        async with self._freed:
-            await self._freed.wait_for(lambda: self._used < self.capacity)
-            self._used += 1
+        self._waiting += 1
+        try:
+            async with self._freed:
+                await self._freed.wait_for(lambda: self._used < self.capacity)
+                self._used += 1
+        finally:
+            self._waiting -= 1
 
     async def _notify(self) -> None:
         async with self._freed:
