@@ -188,7 +188,12 @@ class ResultCodec:
             if has_nul_escape(text):
                 text = dumps(storable_json(loads(text)))
         # pydantic writes NaN and Infinity as null; only a result with a null can hide one
-        if "null" in text and _has_non_finite(self.adapter.dump_python(value)):
+        # (and None is neither)
+        if (
+            "null" in text
+            and value is not None
+            and _has_non_finite(self.adapter.dump_python(value))
+        ):
             raise ValueError("result contains NaN or Infinity, which JSON cannot hold")
         return text
 

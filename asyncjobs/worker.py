@@ -624,11 +624,12 @@ class Worker:
             except InvalidArguments as exc:  # stored arguments no longer fit the code
                 return self._failure(record, job, exc, retry=False)
             await self.app.hooks.executing(context)
-            async with asyncio.timeout(job.timeout) as deadline:
-                if job.takes_context:
-                    value = await job.fn(context, **kwargs)
-                else:
-                    value = await job.fn(**kwargs)
+            call = job.fn(context, **kwargs) if job.takes_context else job.fn(**kwargs)
+            if job.timeout is None:  # no timeout scope to enter and leave per run
+                value = await call
+            else:
+                async with asyncio.timeout(job.timeout) as deadline:
+                    value = await call
             return self._success(record, job, value)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()

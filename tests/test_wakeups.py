@@ -21,12 +21,13 @@ from asyncjobs import App, Client, RunFailed, Worker
 from asyncjobs.backends.base import Completion, JobDefinition, NewRun, Notification
 from asyncjobs.backends.postgres import PostgresBackend
 from asyncjobs.runs import RunRecord, RunStatus
+from tests.faults import eventually
 
 pytestmark = pytest.mark.anyio
 
 WAIT = 20.0  # generous: other tests share the cores
 #: long enough that nothing in these tests is found by polling: only wake-ups count
-NO_POLL = {"poll_interval": 60.0, "sweep_interval": 30.0, "heartbeat_interval": 5.0}
+NO_POLL: dict[str, Any] = {"poll_interval": 60.0, "sweep_interval": 30.0, "heartbeat_interval": 5.0}
 
 
 class HookedBackend(PostgresBackend):
@@ -99,10 +100,11 @@ async def parent(message: str) -> str:
     return "no error"
 
 
-async def _eventually(check: Callable[[], bool], timeout: float = WAIT) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
+async def _eventually(check: Callable[[], bool], what: str) -> None:
+    async def holds() -> bool:
+        return check()
+
+    await eventually(holds, WAIT, what)
 
 
 async def _listening(*backends: PostgresBackend) -> None:
@@ -119,18 +121,20 @@ async def test_a_wake_during_an_inflight_claim_is_not_lost(dsn: str, path: str) 
     started.clear()
     backend = HookedBackend(dsn)
     other = dsn + ("&" if "?" in dsn else "?") + "application_name=other-client"
-    async with Worker(app, backend, concurrency=10, **NO_POLL) as worker:
-        async with app.client(dsn if path == "local" else other) as client:
-            await _listening(backend)
+    async with (
+        Worker(app, backend, concurrency=10, **NO_POLL) as worker,
+        app.client(dsn if path == "local" else other) as client,
+    ):
+        await _listening(backend)
 
-            async def trigger_second() -> None:
-                await client.trigger_async(mark, i=2)
+        async def trigger_second() -> None:
+            await client.trigger_async(mark, i=2)
 
-            backend.after_claim = trigger_second
-            await client.trigger_async(mark, i=1)
-            await _eventually(lambda: started == [1, 2])
-            assert backend.after_claim is None  # the hook did run inside the claim
-            assert worker.stats.claimed == 2
+        backend.after_claim = trigger_second
+        await client.trigger_async(mark, i=1)
+        await _eventually(lambda: started == [1, 2], "run 2 started without a poll")
+        assert backend.after_claim is None  # the hook did run inside the claim
+        assert worker.stats.claimed == 2
 
 
 async def test_one_claim_per_run_woken_in_process(dsn: str) -> None:
@@ -181,7 +185,7 @@ async def test_a_result_over_the_payload_limit_still_arrives(dsn: str) -> None:
 
 
 async def test_a_failing_child_raises_run_failed_with_its_error(dsn: str) -> None:
-    client, backend = await _client(dsn)
+    client, _ = await _client(dsn)
     async with app.worker(dsn, concurrency=4, **NO_POLL), client:
         with pytest.raises(RunFailed) as failed:
             await client.run_async(explode, message="boom")
@@ -208,7 +212,7 @@ async def test_the_results_that_fit_travel_smallest_first(dsn: str) -> None:
             Completion(run.run_id, 1, RunStatus.SUCCEEDED, result_json=result)
             for run, result in zip(runs, results, strict=True)
         ])  # fmt: skip
-        await _eventually(lambda: bool(received))
+        await _eventually(lambda: bool(received), "the completion's notification")
         (notification,) = received
         assert notification.done == {run.run_id for run in runs}
         assert notification.results == {runs[0].run_id: "small", runs[1].run_id: {"n": 1}}
