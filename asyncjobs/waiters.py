@@ -170,7 +170,8 @@ class ResultWaiter:
         if not self._expecting:
             self._recent.clear()
             return
-        oldest = min(e.seq for e in self._expecting.values())
+        # tickets are handed out in order, and ``_seq`` only grows: the first is the oldest
+        oldest = next(iter(self._expecting.values())).seq
         while self._recent:
             run_id, (seq, _) = next(iter(self._recent.items()))
             if seq > oldest:

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -482,15 +482,13 @@ class PostgresBackend:
         return results
 
     def _wake_local(self, runs: Sequence[NewRun], results: Sequence[Enqueued] | None) -> None:
-        """Wake this process's claimers of the queues that just got runs due now (committed;
+        """Wake this process's claimers of the queues that just got runs (committed;
         ``results`` None: maybe): one claim round trip to the start, where the NOTIFY would add
-        a trip to the server and back. That NOTIFY skips them (``LocalPeers``)."""
-        if results is not None and not any(e.created for e in results):
-            return
-        now = self.clock_now() or datetime.now(UTC)
-        queues = frozenset(r.queue for r in runs if r.not_before is None or r.not_before <= now)
-        if queues:
-            LOCAL_PEERS.dispatch(self.dsn, Notification(queues=queues))
+        a trip to the server and back. That NOTIFY skips them (``LocalPeers``), so every queue
+        is woken, delayed runs' too: which runs are due is the database clock's call, and a
+        claim too early only comes back empty."""
+        if results is None or any(e.created for e in results):
+            LOCAL_PEERS.dispatch(self.dsn, Notification(queues=frozenset(r.queue for r in runs)))
 
     async def _insert(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
