@@ -14,6 +14,7 @@ from asyncjobs.client import Run as Run
 from asyncjobs.context import Context as Context
 from asyncjobs.context import get_context as get_context
 from asyncjobs.errors import AsyncJobsError as AsyncJobsError
+from asyncjobs.errors import ConcurrencyKeyError as ConcurrencyKeyError
 from asyncjobs.errors import ConfigurationError as ConfigurationError
 from asyncjobs.errors import DatabaseBusy as DatabaseBusy
 from asyncjobs.errors import DatabaseError as DatabaseError
@@ -72,6 +73,7 @@ __all__ = (
     "App",
     "AsyncJobsError",
     "Client",
+    "ConcurrencyKeyError",
     "ConfigurationError",
     "Context",
     "DatabaseBusy",

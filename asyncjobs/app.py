@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 from asyncjobs.backends.base import Backend, JobDefinition, QueueDefinition
-from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES
+from asyncjobs.codec import DEFAULT_MAX_ARGS_BYTES, loads
 from asyncjobs.context import Context
 from asyncjobs.errors import ConfigurationError, InvalidArguments, UnknownJob
 from asyncjobs.hooks import (
@@ -26,7 +26,7 @@ from asyncjobs.hooks import (
     WorkerEvent,
     WorkerHook,
 )
-from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job, KeyLimit
+from asyncjobs.jobs import DEFAULT_MAX_RESTARTS, DEFAULT_QUEUE, Job, KeyFunction, KeyLimit
 from asyncjobs.rates import RateLimit, RateLimitSpec
 from asyncjobs.remote import stored_schema
 from asyncjobs.retry import RetryOn, RetryPolicy
@@ -145,8 +145,9 @@ class App:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
-        concurrency_key: str | None = None,
+        concurrency_key: str | KeyFunction | None = None,
         key_concurrency: int | None = None,
+        key_rate_limit: RateLimitSpec | None = None,
         rate_limit: RateLimitSpec | None = None,
         priority: int = 0,
         retries: int = 0,
@@ -173,8 +174,9 @@ class App:
         name: str | None = None,
         queue: str = DEFAULT_QUEUE,
         max_concurrency: int | None = None,
-        concurrency_key: str | None = None,
+        concurrency_key: str | KeyFunction | None = None,
         key_concurrency: int | None = None,
+        key_rate_limit: RateLimitSpec | None = None,
         rate_limit: RateLimitSpec | None = None,
         priority: int = 0,
         retries: int = 0,
@@ -196,25 +198,30 @@ class App:
         """Register a function as a job, bare (``@app.job``) or with options. A plain
         ``def`` runs in a worker thread (see ``asyncjobs.threads``); prefer ``async def``.
 
-        ``concurrency_key`` names an argument and ``key_concurrency`` how many runs with the
-        same value of it may run at once across the cluster (``max_concurrency`` still
-        bounds the job as a whole); see ``asyncjobs.jobs.KeyLimit``. ``rate_limit`` caps
-        its starts per period across the cluster (``"10/s"``, see ``asyncjobs.rates``).
+        ``concurrency_key`` is the key of the per-key limits: an argument's name
+        (``"tenant_id"``), or a function of the arguments, which gets them as one object with
+        the parameters as attributes and returns a str of at most 200 characters
+        (``lambda args: f"{args.tenant}:{args.region}"``). ``key_concurrency`` is how many
+        runs with the same key may run at once and ``key_rate_limit`` how many may start per
+        period (``"10/s"``), across the cluster (``max_concurrency`` and ``rate_limit`` still
+        bound the job as a whole); see ``asyncjobs.jobs.KeyLimit``. ``rate_limit`` caps the
+        job's starts per period across the cluster (``"10/s"``, see ``asyncjobs.rates``).
 
         ``schedule`` (a cron expression) or ``every`` (an interval) also fires it on a
         schedule named after the job; the other schedule options are those of ``schedule()``.
         """
 
         def register(function: Callable[..., Any]) -> Job[Any, Any]:
+            job_name = name or str(getattr(function, "__name__", repr(function)))
             job: Job[Any, Any] = Job(
                 function,
-                name=name or str(getattr(function, "__name__", repr(function))),
+                name=job_name,
                 queue=queue,
                 max_concurrency=max_concurrency,
-                key_limit=KeyLimit.declare(concurrency_key, key_concurrency),
-                rate_limit=RateLimit.parse(
-                    rate_limit, f"job {name or getattr(function, '__name__', function)!r}"
+                key_limit=KeyLimit.declare(
+                    concurrency_key, key_concurrency, key_rate_limit, f"job {job_name!r}"
                 ),
+                rate_limit=RateLimit.parse(rate_limit, f"job {job_name!r}"),
                 priority=priority,
                 retry=RetryPolicy(retries, backoff_base, backoff_cap, retry_on),
                 max_restarts=max_restarts,
@@ -312,7 +319,8 @@ class App:
         )
         try:
             args_json = job.args.encode(dict(args or {}))
-        except InvalidArguments as exc:
+            job.concurrency_key_of(loads(args_json))  # a key function that fails, fails here
+        except InvalidArguments as exc:  # ConcurrencyKeyError too
             raise ConfigurationError(f"schedule {name!r}: bad schedule args: {exc}") from exc
         return dataclasses.replace(definition, args_json=args_json)
 
@@ -368,6 +376,7 @@ class App:
                 j.key_limit.field if j.key_limit else None,
                 j.key_limit.limit if j.key_limit else None,
                 j.rate_limit,
+                j.key_limit.rate if j.key_limit else None,
             )
             for j in self.jobs.values()
         ]

@@ -27,8 +27,10 @@ from asyncjobs.backends.base import (
     QueueState,
     SwitchKind,
 )
+from asyncjobs.codec import loads
 from asyncjobs.context import current_context, open_client
 from asyncjobs.errors import (
+    ConcurrencyKeyError,
     ConfigurationError,
     InvalidArguments,
     RunCancelled,
@@ -343,8 +345,10 @@ class Client:
         if options.dedup_id is not None and len(encoded) > 1:
             raise InvalidArguments(f"{name}: one dedup_id cannot be shared by several runs")
         known = self.app.jobs.get(name)
-        # the database reads the per-key limit's key from the arguments by this field
+        # the database reads the per-key limit's key from the arguments by this field, or
+        # the job's key function computes it here, before anything is written
         key_field = known.key_limit.field if known and known.key_limit else None
+        keys = _computed_keys(known, encoded)
         steps: list[str | None] = [None] * len(encoded)
         if parent is not None:
             # a child is identified by its step: a retried parent gets the same child back
@@ -370,8 +374,9 @@ class Client:
                     trace_context=trace_context,
                     step_key=step,
                     key_field=key_field,
+                    concurrency_key=key,
                 )
-                for args_json, step in zip(encoded, steps, strict=True)
+                for args_json, step, key in zip(encoded, steps, keys, strict=True)
             ]
             return self.backend.enqueue(new_runs, reject_duplicates=options.on_duplicate == "raise")
 
@@ -701,6 +706,22 @@ class Client:
         except UnknownJob:
             return [job]  # e.g. the CLI, whose app knows no jobs
         return [known.name, *known.aliases]
+
+
+def _computed_keys(job: Job[Any, Any] | None, encoded: list[str]) -> list[str | None]:
+    """The key of each run from its stored arguments, when the job's code computes it
+    (``KeyLimit.function``); ``ConcurrencyKeyError`` naming the item of a batch."""
+    if job is None or job.key_limit is None or job.key_limit.function is None:
+        return [None] * len(encoded)
+    keys: list[str | None] = []
+    for index, args_json in enumerate(encoded):
+        try:
+            keys.append(job.concurrency_key_of(loads(args_json)))
+        except ConcurrencyKeyError as exc:
+            if len(encoded) == 1:
+                raise
+            raise ConcurrencyKeyError(f"item {index}: {exc}") from exc.__cause__
+    return keys
 
 
 def _absolute(value: datetime | timedelta | None, now: datetime) -> datetime | None:

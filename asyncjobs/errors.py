@@ -6,7 +6,8 @@ Every error derives from :class:`AsyncJobsError`, so one ``except`` catches them
     ├── ConfigurationError        a job, queue or option is declared wrongly
     ├── UnknownJob                no job of that name is registered (or a Job of another App)
     ├── InvalidArguments          arguments fail validation (types, size, depth, NaN, NUL),
-    │                             or a read's filter or limit is unusable
+    │   │                         or a read's filter or limit is unusable
+    │   └── ConcurrencyKeyError   a run of a per-key limited job cannot get its key
     ├── DuplicateRun              a pending/running run already holds the dedup id
     ├── RunNotFound               no run with that id
     ├── SchemaMismatch            the database schema is older or newer than this code
@@ -32,6 +33,7 @@ from typing import Any
 
 __all__ = (
     "AsyncJobsError",
+    "ConcurrencyKeyError",
     "ConfigurationError",
     "DatabaseBusy",
     "DatabaseError",
@@ -94,6 +96,17 @@ class InvalidArguments(AsyncJobsError):
     def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class ConcurrencyKeyError(InvalidArguments):
+    """A run of a job with a per-key limit could not get its key; no row was written.
+
+    Raised by the triggering client when the job's ``concurrency_key`` function raised,
+    returned something other than a str, or a str that is longer than 200 characters or
+    cannot be stored (a NUL, a lone surrogate); and when a run of a job whose key is computed
+    by a function comes without a key — a trigger by name from a client that does not have
+    the job's code: the database refuses it rather than let it escape the limit.
+    """
 
 
 class DuplicateRun(AsyncJobsError):

@@ -43,7 +43,8 @@ class ReasonCode(enum.StrEnum):
     #: as many runs of its job with its ``concurrency_key`` run as ``key_concurrency``
     #: allows; ``data["holders"]`` says which
     KEY_LIMIT_FULL = "key_limit_full"
-    #: its job's or queue's ``rate_limit`` is used up in the current window;
+    #: its job's or queue's ``rate_limit``, or its key's ``key_rate_limit``, is used up in
+    #: the current window (``data["kind"]``: ``"job"``, ``"queue"`` or ``"key"``);
     #: ``data["next_start_at"]`` is when the next start is allowed (database clock)
     RATE_LIMITED = "rate_limited"
     #: no live worker serves its queue (and knows its job)
@@ -113,6 +114,10 @@ class RunFacts:
     queue_rate_limit: int | None = None
     queue_rate_starts: int = 0
     queue_rate_next: datetime | None = None
+    #: the job's per-key rate limit: starts of this run's key in the current window
+    key_rate_limit: int | None = None
+    key_rate_starts: int = 0
+    key_rate_next: datetime | None = None
 
     @property
     def job_full(self) -> bool:
@@ -298,19 +303,26 @@ def _rates(facts: RunFacts) -> list[Reason]:
         ("job", run.job, facts.job_rate_limit, facts.job_rate_starts, facts.job_rate_next),
         ("queue", run.queue, facts.queue_rate_limit, facts.queue_rate_starts,
          facts.queue_rate_next),
+        # a run without a key is not under its job's per-key limits (as in the claim)
+        ("key", run.concurrency_key,
+         facts.key_rate_limit if run.concurrency_key is not None else None,
+         facts.key_rate_starts, facts.key_rate_next),
     )  # fmt: skip
     reasons = []
     for kind, name, limit, starts, next_at in scopes:
         if limit is None or starts < limit or next_at is None:
             continue
         wait = max(0.0, (next_at - facts.now).total_seconds())
+        what = f"key {name!r} of job {run.job!r}" if kind == "key" else f"{kind} {name!r}"
         message = (
-            f"{kind} {name!r} allows {limit} starts per period and {starts} started in the "
+            f"{what} allows {limit} starts per period and {starts} started in the "
             f"current one; the next start is allowed at {next_at.isoformat()} "
             f"({wait:.2f} s from now)"
         )
         data = {"kind": kind, "name": name, "limit": limit, "starts": starts,
                 "next_start_at": next_at, "seconds": wait}  # fmt: skip
+        if kind == "key":
+            data["job"] = run.job
         reasons.append(Reason(ReasonCode.RATE_LIMITED, message, data))
     return reasons
 

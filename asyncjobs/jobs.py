@@ -6,18 +6,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from asyncjobs.codec import ArgsCodec, ResultCodec, args_codec, result_codec
 from asyncjobs.context import Context, current_client
-from asyncjobs.errors import ConfigurationError
-from asyncjobs.rates import RateLimit
+from asyncjobs.errors import ConcurrencyKeyError, ConfigurationError
+from asyncjobs.rates import RateLimit, RateLimitSpec
 from asyncjobs.redact import resolve_paths
 from asyncjobs.retry import RetryPolicy
-from asyncjobs.rules import check_int, check_name
+from asyncjobs.rules import check_int, check_name, unstorable_reason
 from asyncjobs.steps import check_step
 from asyncjobs.threads import in_thread
 
@@ -110,32 +111,91 @@ def _check_wait_timeout(value: object) -> None:
         raise ConfigurationError(f"wait_timeout must be positive, got {value}")
 
 
+#: A per-key limit's key computed from a run's arguments: it gets them as one object whose
+#: attributes are the job's parameters (``args.tenant``), holding the validated values the
+#: function itself would get, and returns the key, a str of at most 200 characters.
+KeyFunction = Callable[[Any], str]
+#: the longest key the database stores (runs.concurrency_key)
+MAX_KEY_LENGTH = 200
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLimit:
-    """At most ``limit`` runs of the job with the same value of argument ``field`` run at
-    once across the cluster (``@app.job(concurrency_key="tenant_id", key_concurrency=1)``).
+    """Per-key limits of a job: at most ``limit`` runs with the same key run at once, and at
+    most ``rate.count`` of them start per ``rate.period``, across the cluster
+    (``@app.job(concurrency_key="tenant_id", key_concurrency=1, key_rate_limit="10/s")``).
 
-    The database reads the key from the stored arguments when a run is inserted (a trigger
-    on ``asyncjobs.runs``), so runs triggered by name, by schedules and by other services
-    get the same key as typed triggers. The value is the argument as text (``7`` for the
-    integer 7, a JSON object's text for an object); a run whose argument is missing or null
-    has no key and only the job's other limits apply to it. Keys longer than 200 characters
-    are cut to 200 (stricter, never looser). Claims enforce it under the job's advisory lock,
-    with the job and queue limits (``asyncjobs.claim_runs``).
+    The key is an argument, named by ``field``, or computed by ``function`` (``KeyFunction``)
+    from the arguments. An argument is read by the database from the stored arguments when a
+    run is inserted (a trigger on ``asyncjobs.runs``), so runs triggered by name, by schedules
+    and by other services get the same key as typed triggers; its key is the argument as text
+    (``7`` for the integer 7, a JSON object's text for an object), cut to 200 characters
+    (stricter, never looser), and a run whose argument is missing or null has no key: only
+    the job's other limits apply to it. A function is run by whoever has the job's code and
+    inserts the run: the triggering client, the scheduler, a parent triggering a child; a
+    retry keeps the key of the run it repeats. A run of a function-keyed job inserted
+    without a key (by name from a client without the code) is refused by the database with
+    ``ConcurrencyKeyError``, never left unkeyed. Claims enforce both limits under the job's
+    advisory lock, with the job and queue limits (``asyncjobs.claim_runs``).
     """
 
-    field: str
-    limit: int
+    field: str | None
+    limit: int | None
+    function: KeyFunction | None = None
+    rate: RateLimit | None = None
 
     @staticmethod
-    def declare(field: str | None, limit: int | None) -> KeyLimit | None:
-        if field is None and limit is None:
+    def declare(
+        key: str | KeyFunction | None, limit: int | None, rate: RateLimitSpec | None, owner: str
+    ) -> KeyLimit | None:
+        if key is None and limit is None and rate is None:
             return None
-        if field is None or limit is None:
-            raise ConfigurationError("concurrency_key and key_concurrency go together")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31:
+        if key is None or (limit is None and rate is None):
+            raise ConfigurationError(
+                f"{owner}: concurrency_key and key_concurrency (or key_rate_limit) go together"
+            )
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit < 2**31
+        ):
             raise ConfigurationError(f"key_concurrency must be a positive integer, got {limit!r}")
-        return KeyLimit(check_name(field, "concurrency_key", ConfigurationError), limit)
+        rated = RateLimit.parse(rate, f"{owner}: key_rate_limit")
+        if isinstance(key, str):
+            return KeyLimit(check_name(key, "concurrency_key", ConfigurationError), limit, None,
+                            rated)  # fmt: skip
+        if not callable(key):
+            raise ConfigurationError(
+                f"{owner}: concurrency_key must be an argument's name or a function of the "
+                f"arguments, got {type(key).__name__}"
+            )
+        return KeyLimit(None, limit, key, rated)
+
+    def compute(self, job: str, arguments: dict[str, Any]) -> str | None:
+        """The key of a run with these validated ``arguments`` (by parameter name): the
+        function's, checked; ``None`` when the database reads it from an argument."""
+        if self.function is None:
+            return None
+        try:
+            key = self.function(SimpleNamespace(**arguments))
+        except Exception as exc:
+            raise ConcurrencyKeyError(
+                f"job {job!r}: its concurrency_key function raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(key, str):
+            raise ConcurrencyKeyError(
+                f"job {job!r}: its concurrency_key function returned {type(key).__name__}, "
+                "not a str"
+            )
+        if len(key) > MAX_KEY_LENGTH:
+            raise ConcurrencyKeyError(
+                f"job {job!r}: its concurrency_key function returned a key of {len(key)} "
+                f"characters, more than {MAX_KEY_LENGTH}"
+            )
+        reason = unstorable_reason(key)
+        if reason is not None:
+            raise ConcurrencyKeyError(
+                f"job {job!r}: its concurrency key cannot be stored: {reason}"
+            )
+        return key
 
 
 class Job(Generic[P, R]):
@@ -206,11 +266,15 @@ class Job(Generic[P, R]):
         #: argument paths (``"password"``, ``"card.number"``) the dashboard never shows
         self.redact_keys = resolve_paths(name, redact, self.args.model)
         self.redact = tuple(redact)
-        if key_limit is not None and key_limit.field not in signature.parameters:
+        if (
+            key_limit is not None
+            and key_limit.field is not None
+            and key_limit.field not in signature.parameters
+        ):
             raise ConfigurationError(
                 f"job {name!r}: concurrency_key {key_limit.field!r} is not one of its parameters"
             )
-        #: the per-key concurrency limit, if any
+        #: the per-key concurrency and rate limits, if any
         self.key_limit = key_limit
         #: at most so many starts per period across the cluster, if set
         self.rate_limit = rate_limit
@@ -259,6 +323,15 @@ class Job(Generic[P, R]):
     async def run_async(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Enqueue a run and wait for its typed result (see ``Client.run_async``)."""
         return await current_client().run_async(self, *args, **kwargs)
+
+    def concurrency_key_of(self, stored: Mapping[str, Any]) -> str | None:
+        """The key the job's ``concurrency_key`` function gives a run with these stored (JSON)
+        arguments — what the worker will decode, so every inserter computes the same key —
+        or ``None`` when the job has no key function (an argument's key is read by the
+        database). Raises ``ConcurrencyKeyError``."""
+        if self.key_limit is None or self.key_limit.function is None:
+            return None
+        return self.key_limit.compute(self.name, self.args.decode(stored))
 
     def resolved_options(self) -> RunOptions:
         """Trigger options with the job's defaults filled in."""

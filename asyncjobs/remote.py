@@ -237,6 +237,8 @@ async def retry_run(backend: QueueStore, record: RunRecord) -> Enqueued:
         parent_run_id=record.id,
         root_run_id=record.root_run_id or record.id,
         trigger=Trigger.RETRY,
+        # the repeated run's key: a key function's result cannot be computed again here
+        concurrency_key=record.concurrency_key,
     )
 
     async def insert(trace_context: str | None) -> list[Enqueued]:

@@ -219,6 +219,7 @@ class Scheduler:
             expected=expected,
             target_worker=None if expected is not None else self.worker_id,
             expires=ttl,
+            concurrency_key=job.concurrency_key_of(state.args),
         )
 
     def _count(self, state: ScheduleState, planned: FirePlan, inserted: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import asyncpg
 
@@ -139,3 +140,44 @@ RATED_HOLD = 0.25
 async def rated(n: int) -> int:
     await asyncio.sleep(RATED_HOLD)
     return n
+
+
+# ---------------------------------------------------------------------- per-key rate limits
+
+key_rates_app = App("key-rates")
+KEY_RATE = (4, 0.5)
+
+
+@key_rates_app.job(concurrency_key="tenant", key_rate_limit="4/500ms")
+async def key_rated(tenant: str, n: int) -> int:
+    await asyncio.sleep(RATED_HOLD)
+    return n
+
+
+#: the same work without the per-key rate limit: proves the window check can fail
+@key_rates_app.job
+async def key_unrated(tenant: str, n: int) -> int:
+    await asyncio.sleep(RATED_HOLD)
+    return n
+
+
+# ---------------------------------------------------------------------- computed keys
+
+fn_keys_app = App("fn-keys")
+
+
+def region_key(args: Any) -> str:
+    """The key of ``fn_keyed``: tenant and region together."""
+    return f"{args.tenant}:{args.region}"
+
+
+@fn_keys_app.job(concurrency_key=region_key, key_concurrency=KEY_LIMIT)
+async def fn_keyed(ctx: Context, tenant: str, region: str, sleep_ms: int) -> None:
+    await _interval(ctx, f"{tenant}:{region}", sleep_ms)
+
+
+#: the same work without the key: proves the overlap check can fail
+@fn_keys_app.job
+async def fn_unkeyed(ctx: Context, tenant: str, region: str, sleep_ms: int) -> None:
+    await _interval(ctx, f"{tenant}:{region}", sleep_ms)
+

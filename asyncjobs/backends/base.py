@@ -44,6 +44,8 @@ class NewRun:
     #: the argument holding the per-key limit's key, from the job's code; ``None``: the
     #: database reads the job's stored key field, if it has one (a trigger by name)
     key_field: str | None = None
+    #: the key itself, computed by the job's key function (``asyncjobs.jobs.KeyLimit``)
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class ScheduleFire:
     target_worker: str | None = None
     expires: timedelta | None = None
     max_restarts: int = 10
+    #: the key the job's key function computed from the arguments (``None``: none, or the
+    #: database reads the job's stored key field)
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,8 @@ class JobDefinition:
     key_field: str | None = None
     key_concurrency: int | None = None
     rate_limit: RateLimit | None = None
+    #: at most so many starts per period per key
+    key_rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from asyncjobs.backends.base import (
 from asyncjobs.backends.listener import LOCAL_PEERS, PostgresListener
 from asyncjobs.codec import dumps
 from asyncjobs.errors import (
+    ConcurrencyKeyError,
     DatabaseBusy,
     DatabaseError,
     DatabaseUnavailable,
@@ -119,6 +120,9 @@ _INVARIANT_CONSTRAINTS = frozenset(
         "jobs_rate_limit_check",
         "jobs_rate_period_check",
         "jobs_rate_check",
+        "jobs_key_rate_limit_check",
+        "jobs_key_rate_period_check",
+        "jobs_key_rate_check",
         "queues_rate_limit_check",
         "queues_rate_period_check",
         "queues_rate_check",
@@ -131,6 +135,9 @@ _INVARIANT_CONSTRAINTS = frozenset(
         "schedules_timing_check",
     }
 )
+# Raised by the runs_concurrency_key trigger (not a constraint of the catalog): a run of a job
+# whose key a function of its code computes came without a key.
+_KEY_REQUIRED = "runs_concurrency_key_required"
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
@@ -161,6 +168,8 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except asyncpg.CheckViolationError as exc:
+        if exc.constraint_name == _KEY_REQUIRED:
+            raise ConcurrencyKeyError(exc.message) from exc
         message = _INPUT_CONSTRAINTS.get(exc.constraint_name or "")
         if message is not None:
             raise InvalidArguments(message) from exc
@@ -444,6 +453,10 @@ class PostgresBackend:
             job_key_concurrency=[j.key_concurrency for j in jobs],
             job_rate_limits=[j.rate_limit.count if j.rate_limit else None for j in jobs],
             job_rate_periods=[j.rate_limit.period if j.rate_limit else None for j in jobs],
+            job_key_rate_limits=[j.key_rate_limit.count if j.key_rate_limit else None
+                                 for j in jobs],
+            job_key_rate_periods=[j.key_rate_limit.period if j.key_rate_limit else None
+                                  for j in jobs],
         )
 
     async def set_enabled(self, kind: SwitchKind, name: str, enabled: bool) -> bool:
@@ -512,6 +525,7 @@ class PostgresBackend:
                 "step_keys": [r.step_key for r in runs],
                 "key_fields": [r.key_field for r in runs],
                 "origin": LOCAL_PEERS.origin(self.dsn, asyncio.get_running_loop()),
+                "concurrency_keys": [r.concurrency_key for r in runs],
             }
             return await conn.fetch(query.text, *self._args(query, named))
 
@@ -804,6 +818,7 @@ class PostgresBackend:
             fires=list(fire.fires),
             max_attempts=fire.max_attempts,
             max_restarts=fire.max_restarts,
+            concurrency_key=fire.concurrency_key,
         )
         assert row is not None  # the statement always returns one row
         return FireResult(row["advanced"], tuple(row["run_ids"]))

@@ -18,21 +18,26 @@ WITH queues AS (
            IS DISTINCT FROM (excluded.max_concurrency, excluded.rate_limit, excluded.rate_period)
 )
 INSERT INTO asyncjobs.jobs (name, queue, max_concurrency, args_schema, key_field,
-                           key_concurrency, rate_limit, rate_period)
+                           key_concurrency, rate_limit, rate_period, key_rate_limit,
+                           key_rate_period)
 SELECT * FROM unnest(:job_names::text[], :job_queues::text[], :job_max_concurrency::integer[],
                      :job_args_schemas::jsonb[], :job_key_fields::text[],
                      :job_key_concurrency::integer[], :job_rate_limits::integer[],
-                     :job_rate_periods::interval[])
+                     :job_rate_periods::interval[], :job_key_rate_limits::integer[],
+                     :job_key_rate_periods::interval[])
 ON CONFLICT (name) DO UPDATE
    SET queue = excluded.queue, max_concurrency = excluded.max_concurrency,
        args_schema = excluded.args_schema, key_field = excluded.key_field,
        key_concurrency = excluded.key_concurrency, rate_limit = excluded.rate_limit,
-       rate_period = excluded.rate_period, updated_at = now()
+       rate_period = excluded.rate_period, key_rate_limit = excluded.key_rate_limit,
+       key_rate_period = excluded.key_rate_period, updated_at = now()
  WHERE (jobs.queue, jobs.max_concurrency, jobs.args_schema, jobs.key_field,
-        jobs.key_concurrency, jobs.rate_limit, jobs.rate_period)
+        jobs.key_concurrency, jobs.rate_limit, jobs.rate_period, jobs.key_rate_limit,
+        jobs.key_rate_period)
        IS DISTINCT FROM (excluded.queue, excluded.max_concurrency, excluded.args_schema,
                          excluded.key_field, excluded.key_concurrency, excluded.rate_limit,
-                         excluded.rate_period);
+                         excluded.rate_period, excluded.key_rate_limit,
+                         excluded.key_rate_period);
 
 -- name: set_job_enabled :one
 UPDATE asyncjobs.jobs SET enabled = :enabled, updated_at = now()

@@ -109,7 +109,15 @@ SELECT coalesce(:now, now()) AS now,
            AS queue_rate_starts,
        (SELECT min(s.at) + q.rate_period FROM asyncjobs.rate_starts s
          WHERE s.scope = 'queue:' || r.queue AND s.at > coalesce(:now, clock_timestamp()) - q.rate_period)
-           AS queue_rate_next
+           AS queue_rate_next,
+       -- the per-key rate limit: starts of the run's key in the window
+       j.key_rate_limit,
+       (SELECT count(*) FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'key:' || r.job AND s.key = r.concurrency_key
+           AND s.at > coalesce(:now, clock_timestamp()) - j.key_rate_period) AS key_rate_starts,
+       (SELECT min(s.at) + j.key_rate_period FROM asyncjobs.rate_starts s
+         WHERE s.scope = 'key:' || r.job AND s.key = r.concurrency_key
+           AND s.at > coalesce(:now, clock_timestamp()) - j.key_rate_period) AS key_rate_next
   FROM asyncjobs.runs r
   LEFT JOIN asyncjobs.jobs j ON j.name = r.job
   LEFT JOIN asyncjobs.queues q ON q.name = r.queue

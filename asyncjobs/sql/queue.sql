@@ -24,7 +24,8 @@
 -- on those partial unique indexes) and not returned; the caller looks up the holder. Ids come
 -- from the sequence first so a root run can point at itself. The per-key limit's key is read
 -- from the arguments here, by the field the caller's code names (so a client that has the
--- job's code gets keys before any worker registered the job); without one the
+-- job's code gets keys before any worker registered the job), or given whole by the caller
+-- (:concurrency_keys, computed by the job's key function); without either the
 -- runs_concurrency_key trigger reads the job's stored key field.
 WITH input AS (
     SELECT nextval('asyncjobs.run_ids') AS id, u.*
@@ -32,10 +33,12 @@ WITH input AS (
                   :not_befores::timestamptz[], :not_afters::timestamptz[], :dedup_ids::text[],
                   :max_attempts::integer[], :parent_run_ids::bigint[], :root_run_ids::bigint[],
                   :triggers::asyncjobs.run_trigger[], :max_restarts::integer[],
-                  :trace_contexts::jsonb[], :step_keys::text[], :key_fields::text[])
+                  :trace_contexts::jsonb[], :step_keys::text[], :key_fields::text[],
+                  :concurrency_keys::text[])
            WITH ORDINALITY AS u(job, queue, args, priority, not_before, not_after, dedup_id,
                                 max_attempts, parent_run_id, root_run_id, trigger,
-                                max_restarts, trace_context, step_key, key_field, ord)
+                                max_restarts, trace_context, step_key, key_field,
+                                concurrency_key, ord)
 ),
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, not_before, not_after, dedup_id,
@@ -43,7 +46,8 @@ inserted AS (
                                 trace_context, step_key, concurrency_key, created_at)
     SELECT id, job, queue, args, priority, coalesce(not_before, :now, now()), not_after,
            dedup_id, max_attempts, parent_run_id, coalesce(root_run_id, id), trigger,
-           max_restarts, trace_context, step_key, left(args ->> key_field, 200),
+           max_restarts, trace_context, step_key,
+           coalesce(concurrency_key, left(args ->> key_field, 200)),
            coalesce(:now, now())
       FROM input ORDER BY ord
     -- no conflict target: both runs_dedup_idx and runs_step_idx skip the row (a target can

@@ -79,6 +79,8 @@ RETURNING name;
 -- others change nothing. Without :compare (an all_nodes copy for worker :target_worker)
 -- nothing is compared. Either way the unique index runs_schedule_fire_idx is what makes a
 -- tick fire at most once (per worker): a second insert of the same tick is skipped.
+-- :concurrency_key is the key the job's key function computed from :args (NULL: the
+-- runs_concurrency_key trigger reads the stored key field, if any).
 WITH advanced AS (
     UPDATE asyncjobs.schedules s
        SET next_fire_at = CASE WHEN :compare::boolean THEN :next_fire_at::timestamptz
@@ -99,11 +101,11 @@ input AS (
 inserted AS (
     INSERT INTO asyncjobs.runs (id, job, queue, args, priority, max_attempts, root_run_id,
                                 trigger, schedule, scheduled_at, target_worker, not_after,
-                                max_restarts, not_before, created_at)
+                                max_restarts, not_before, created_at, concurrency_key)
     SELECT id, :job::text, :queue::text, :args::jsonb, :priority::smallint,
            :max_attempts::integer, id, 'schedule', :schedule, fire_at, :target_worker::text,
            fire_at + :expires::interval, :max_restarts::integer, coalesce(:now, now()),
-           coalesce(:now, now())
+           coalesce(:now, now()), :concurrency_key::text
       FROM input ORDER BY fire_at
     ON CONFLICT (schedule, scheduled_at, target_worker) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING id, root_run_id, job, queue, trigger, schedule, scheduled_at, target_worker

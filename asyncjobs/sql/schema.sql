@@ -1,4 +1,4 @@
--- asyncjobs schema, version 10: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 11: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -45,10 +45,13 @@ CREATE TABLE asyncjobs.queues (
     CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL))
 );
 
--- A job's per-key limit: at most `key_concurrency` runs per key run at once. The key is the
--- argument named `key_field`, read from the stored arguments by the database when the run is
--- inserted (so triggers by name, schedules and older clients get the same key), or, for a
--- key computed by a function (`key_field` NULL), given by the triggering client.
+-- A job's per-key limits: at most `key_concurrency` runs per key run at once, at most
+-- `key_rate_limit` runs per key start per `key_rate_period`. The key is the argument named
+-- `key_field`, read from the stored arguments by the database when the run is inserted (so
+-- triggers by name, schedules and older clients get the same key), or, for a key computed
+-- by a function (`key_field` NULL), given by the triggering client: the database refuses a
+-- run of such a job that comes without one (set_concurrency_key), rather than let it escape
+-- the limit.
 CREATE TABLE asyncjobs.jobs (
     name            text PRIMARY KEY CHECK (name <> '' AND length(name) <= 200),
     queue           text NOT NULL,
@@ -60,14 +63,20 @@ CREATE TABLE asyncjobs.jobs (
     key_concurrency integer CHECK (key_concurrency > 0),
     rate_limit      integer CHECK (rate_limit > 0),
     rate_period     interval CHECK (rate_period > interval '0'),
-    CONSTRAINT jobs_key_limit_check CHECK (key_field IS NULL OR key_concurrency IS NOT NULL),
-    CONSTRAINT jobs_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL))
+    key_rate_limit  integer CHECK (key_rate_limit > 0),
+    key_rate_period interval CHECK (key_rate_period > interval '0'),
+    CONSTRAINT jobs_key_limit_check CHECK (
+        key_field IS NULL OR key_concurrency IS NOT NULL OR key_rate_limit IS NOT NULL),
+    CONSTRAINT jobs_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
+    CONSTRAINT jobs_key_rate_check CHECK ((key_rate_limit IS NULL) = (key_rate_period IS NULL))
 );
 
--- The starts that rate limits count: 'job:<name>' or 'queue:<name>', and when.
+-- The starts that rate limits count: 'job:<name>' or 'queue:<name>', and when; a per-key
+-- rate limit's starts are 'key:<job>' with the run's key.
 CREATE TABLE asyncjobs.rate_starts (
     scope text NOT NULL,
-    at    timestamptz NOT NULL
+    at    timestamptz NOT NULL,
+    key   text
 );
 CREATE INDEX rate_starts_idx ON asyncjobs.rate_starts (scope, at);
 
@@ -343,13 +352,27 @@ $$;
 
 -- Every insert path (enqueue, schedules, retry_run, older clients) gets the key the same way.
 -- A key longer than 200 characters is cut: runs sharing the first 200 share a limit, which is
--- stricter, never looser.
+-- stricter, never looser. A job whose key is computed by a function in its code (key_field
+-- NULL under a per-key limit) cannot get its key here: a run of it that comes without one
+-- (a trigger by name from a client without the code, an older client) is refused, with the
+-- name runs_concurrency_key_required that the client turns into ConcurrencyKeyError.
 CREATE FUNCTION asyncjobs.set_concurrency_key() RETURNS trigger
     LANGUAGE plpgsql AS $$
+DECLARE
+    field text;
+    keyed boolean;
 BEGIN
     IF NEW.concurrency_key IS NULL THEN
-        SELECT left(NEW.args ->> j.key_field, 200) INTO NEW.concurrency_key
-          FROM asyncjobs.jobs j WHERE j.name = NEW.job AND j.key_field IS NOT NULL;
+        SELECT j.key_field, j.key_concurrency IS NOT NULL OR j.key_rate_limit IS NOT NULL
+          INTO field, keyed
+          FROM asyncjobs.jobs j WHERE j.name = NEW.job;
+        IF field IS NOT NULL THEN
+            NEW.concurrency_key := left(NEW.args ->> field, 200);
+        ELSIF keyed THEN
+            RAISE EXCEPTION 'job % computes its concurrency key with a function of its code: '
+                            'trigger it from a client that has the code', NEW.job
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'runs_concurrency_key_required';
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -381,6 +404,10 @@ CREATE TRIGGER runs_concurrency_key BEFORE INSERT ON asyncjobs.runs
 --   claim learns its keys only from the scan, and locks taken then could not be taken in the
 --   ascending order that keeps two claimers from waiting on each other in a cycle. Under
 --   the job lock the running count per (job, key) is exact, as the job's count is.
+-- * a job with a per-key rate limit takes its job lock too, for the same reason; its starts
+--   are logged per key (scope 'key:<job>') and counted as the job's and queue's are. Keys
+--   without room left in their window are skipped by the scan (no head-of-line blocking)
+--   and the wake row covers them.
 -- * a rate-limited job or queue takes its job or queue lock; its starts are counted in
 --   rate_starts over (t - period, t], t being clock_timestamp() read after the locks: the
 --   transaction's now() is taken before the lock wait, so a claim that waited could record
@@ -420,6 +447,14 @@ DECLARE
     -- free starts per scope now, and when a full one allows the next
     scope_room     integer[];
     next_start     timestamptz;
+    -- per-key rate limits: their scopes ('key:<job>'), limits and periods, and the free
+    -- starts of every (job, key) that started in its window, as parallel arrays
+    key_scopes     text[] := '{}';
+    key_limits     integer[];
+    key_periods    interval[];
+    rated_jobs     text[] := '{}';
+    rated_keys     text[] := '{}';
+    rated_room     integer[] := '{}';
     t              timestamptz;
     wake           asyncjobs.runs;
 BEGIN
@@ -429,7 +464,8 @@ BEGIN
     SELECT coalesce(array_agg(name), '{}') INTO limited_jobs
       FROM asyncjobs.jobs
      WHERE name = ANY (p_jobs)
-       AND (max_concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL);
+       AND (max_concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL
+            OR key_rate_limit IS NOT NULL);
 
     PERFORM pg_advisory_xact_lock(key)
        FROM (SELECT asyncjobs.limit_lock_key('queue', q) AS key FROM unnest(limited_queues) q
@@ -465,6 +501,27 @@ BEGIN
         scope_room := '{}';
     END IF;
 
+    -- Per-key rate limits: the same log, one row per start with its key. The starts of
+    -- every key of the job in its window are counted once here (the keys the scan will meet
+    -- are not known yet), and a key without room is skipped by the scan as a full key is.
+    SELECT coalesce(array_agg('key:' || name), '{}'), coalesce(array_agg(key_rate_limit), '{}'),
+           coalesce(array_agg(key_rate_period), '{}')
+      INTO key_scopes, key_limits, key_periods
+      FROM asyncjobs.jobs WHERE name = ANY (limited_jobs) AND key_rate_limit IS NOT NULL;
+    IF cardinality(key_scopes) > 0 THEN
+        DELETE FROM asyncjobs.rate_starts s
+         USING unnest(key_scopes, key_periods) AS l(scope, period)
+         WHERE s.scope = l.scope AND s.at <= t - l.period;
+        SELECT coalesce(array_agg(substr(k.scope, 5)), '{}'), coalesce(array_agg(k.key), '{}'),
+               coalesce(array_agg(greatest(0, k.lim - k.starts)::integer), '{}'),
+               least(next_start, min(k.first + k.period) FILTER (WHERE k.starts >= k.lim))
+          INTO rated_jobs, rated_keys, rated_room, next_start
+          FROM (SELECT s.scope, s.key, l.lim, l.period, count(*) AS starts, min(s.at) AS first
+                  FROM unnest(key_scopes, key_limits, key_periods) AS l(scope, lim, period)
+                  JOIN asyncjobs.rate_starts s ON s.scope = l.scope
+                 GROUP BY s.scope, s.key, l.lim, l.period) k;
+    END IF;
+
     -- Jobs that may start now (not disabled, not at their limit or rate), worked out before
     -- the scan: a `job <> ALL (...)` filter inside it made the planner expect one matching
     -- row and read the whole backlog instead of walking runs_pending_idx to the LIMIT.
@@ -493,6 +550,10 @@ BEGIN
              GROUP BY r.job, r.concurrency_key) k
       JOIN asyncjobs.jobs j ON j.name = k.job
      WHERE k.running >= j.key_concurrency;
+    SELECT full_jobs || coalesce(array_agg(f.job), '{}'), full_keys || coalesce(array_agg(f.key), '{}')
+      INTO full_jobs, full_keys
+      FROM unnest(rated_jobs, rated_keys, rated_room) AS f(job, key, room)
+     WHERE f.room = 0;
 
     RETURN QUERY
     WITH
@@ -552,16 +613,27 @@ BEGIN
          ) c
          WHERE qr.room > 0
     ),
-    -- free slots per (job, key) among the candidates' keys
+    -- free slots per (job, key) among the candidates' keys: running slots and, under a
+    -- per-key rate limit, starts left in the window (a key that did not start in it has all)
     key_room AS (
         SELECT k.job, k.concurrency_key,
-               greatest(0, j.key_concurrency - (
-                   SELECT count(*) FROM asyncjobs.runs r
-                    WHERE r.status = 'running' AND r.job = k.job
-                      AND r.concurrency_key = k.concurrency_key))::integer AS room
+               least(
+                   CASE WHEN j.key_concurrency IS NOT NULL THEN
+                       greatest(0, j.key_concurrency - (
+                           SELECT count(*) FROM asyncjobs.runs r
+                            WHERE r.status = 'running' AND r.job = k.job
+                              AND r.concurrency_key = k.concurrency_key))::integer
+                   END,
+                   CASE WHEN j.key_rate_limit IS NOT NULL THEN
+                       coalesce(rr.room, j.key_rate_limit)
+                   END
+               ) AS room
           FROM (SELECT DISTINCT c.job, c.concurrency_key FROM candidates c
                  WHERE c.concurrency_key IS NOT NULL) k
-          JOIN asyncjobs.jobs j ON j.name = k.job AND j.key_concurrency IS NOT NULL
+          JOIN asyncjobs.jobs j ON j.name = k.job
+               AND (j.key_concurrency IS NOT NULL OR j.key_rate_limit IS NOT NULL)
+          LEFT JOIN unnest(rated_jobs, rated_keys, rated_room) AS rr(job, key, room)
+               ON rr.job = k.job AND rr.key = k.concurrency_key
     ),
     -- a limited job (and a limited key) takes at most its free slots, best runs first
     chosen AS (
@@ -592,11 +664,12 @@ BEGIN
           FROM claimed
     ),
     counted AS (
-        INSERT INTO asyncjobs.rate_starts (scope, at)
-        SELECT s.scope, t
+        INSERT INTO asyncjobs.rate_starts (scope, at, key)
+        SELECT s.scope, t, s.key
           FROM claimed c
-         CROSS JOIN LATERAL (VALUES ('job:' || c.job), ('queue:' || c.queue)) AS s(scope)
-         WHERE s.scope = ANY (scopes)
+         CROSS JOIN LATERAL (VALUES ('job:' || c.job, NULL::text), ('queue:' || c.queue, NULL),
+                                    ('key:' || c.job, c.concurrency_key)) AS s(scope, key)
+         WHERE s.scope = ANY (scopes) OR (s.key IS NOT NULL AND s.scope = ANY (key_scopes))
     )
     SELECT * FROM claimed ORDER BY priority DESC, id;
 
@@ -637,3 +710,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (7, 'queue_storage')
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (8, 'time_control');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (9, 'scale_fixes');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');

@@ -246,7 +246,8 @@ export function renderTrace(view, runId, setLive) {
     const at = parseTime(d.next_start_at);
     if (at === null) return null;
     const left = (why.fetched ?? Date.now()) + d.seconds * 1000 - Date.now();
-    return h("div", { class: "facts next-start" }, `${d.kind} ${d.name}: next start allowed at `,
+    const what = d.kind === "key" ? `key ${d.name} of job ${d.job}` : `${d.kind} ${d.name}`;
+    return h("div", { class: "facts next-start" }, `${what}: next start allowed at `,
       h("b", { title: dateTime(at) }, clock(at)), " ",
       h("span", { class: "countdown" }, left > 0 ? `(in ${duration(left)})` : "(now: waits for a worker's next claim)"));
   }

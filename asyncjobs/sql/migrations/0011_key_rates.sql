@@ -1,0 +1,310 @@
+-- compatible-with-code: 4
+-- (Additive: new nullable columns, the claim function keeps its signatures. Code of older
+-- versions cannot declare the new limits; a function-keyed job's runs that such code
+-- triggers by name are refused, as they are from any client without the job's code.)
+--
+-- Per-key rate limits, and per-key limits whose key a function of the job's code computes.
+--
+-- A job's per-key limits: at most `key_concurrency` runs per key run at once, at most
+-- `key_rate_limit` runs per key start per `key_rate_period`. The key is the argument named
+-- `key_field`, or, for a key computed by a function (`key_field` NULL), given by the
+-- triggering client: the database refuses a run of such a job that comes without one.
+ALTER TABLE asyncjobs.jobs
+    ADD COLUMN key_rate_limit  integer CHECK (key_rate_limit > 0),
+    ADD COLUMN key_rate_period interval CHECK (key_rate_period > interval '0'),
+    ADD CONSTRAINT jobs_key_rate_check CHECK ((key_rate_limit IS NULL) = (key_rate_period IS NULL)),
+    DROP CONSTRAINT jobs_key_limit_check,
+    ADD CONSTRAINT jobs_key_limit_check CHECK (
+        key_field IS NULL OR key_concurrency IS NOT NULL OR key_rate_limit IS NOT NULL);
+
+-- A per-key rate limit's starts are 'key:<job>' with the run's key.
+ALTER TABLE asyncjobs.rate_starts ADD COLUMN key text;
+
+-- A job whose key is computed by a function in its code (key_field NULL under a per-key
+-- limit) cannot get its key here: a run of it that comes without one is refused, with the
+-- name runs_concurrency_key_required that the client turns into ConcurrencyKeyError.
+CREATE OR REPLACE FUNCTION asyncjobs.set_concurrency_key() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+DECLARE
+    field text;
+    keyed boolean;
+BEGIN
+    IF NEW.concurrency_key IS NULL THEN
+        SELECT j.key_field, j.key_concurrency IS NOT NULL OR j.key_rate_limit IS NOT NULL
+          INTO field, keyed
+          FROM asyncjobs.jobs j WHERE j.name = NEW.job;
+        IF field IS NOT NULL THEN
+            NEW.concurrency_key := left(NEW.args ->> field, 200);
+        ELSIF keyed THEN
+            RAISE EXCEPTION 'job % computes its concurrency key with a function of its code: '
+                            'trigger it from a client that has the code', NEW.job
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'runs_concurrency_key_required';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- The claim under per-key rate limits too (see schema.sql for the whole reasoning): a job
+-- with a per-key rate limit takes its job lock; its starts are logged per key and counted as
+-- the job's and queue's are; keys without room left in their window are skipped by the scan
+-- (no head-of-line blocking) and the wake row covers them.
+CREATE OR REPLACE FUNCTION asyncjobs.claim_runs(
+    p_worker text, p_queues text[], p_jobs text[], p_capacity integer, p_lease interval,
+    p_wake boolean, p_now timestamptz
+) RETURNS SETOF asyncjobs.runs
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    SET plan_cache_mode = force_generic_plan
+    SET jit = off
+    AS $$
+DECLARE
+    limited_queues text[];
+    limited_jobs   text[];
+    runnable_jobs  text[];
+    -- (job, key) pairs at their key limit, as two parallel arrays
+    full_jobs      text[];
+    full_keys      text[];
+    -- rate scopes of this claim ('job:x', 'queue:y'): their limit and period
+    scopes         text[];
+    scope_limits   integer[];
+    scope_periods  interval[];
+    -- free starts per scope now, and when a full one allows the next
+    scope_room     integer[];
+    next_start     timestamptz;
+    -- per-key rate limits: their scopes ('key:<job>'), limits and periods, and the free
+    -- starts of every (job, key) that started in its window, as parallel arrays
+    key_scopes     text[] := '{}';
+    key_limits     integer[];
+    key_periods    interval[];
+    rated_jobs     text[] := '{}';
+    rated_keys     text[] := '{}';
+    rated_room     integer[] := '{}';
+    t              timestamptz;
+    wake           asyncjobs.runs;
+BEGIN
+    SELECT coalesce(array_agg(name), '{}') INTO limited_queues
+      FROM asyncjobs.queues
+     WHERE name = ANY (p_queues) AND (max_concurrency IS NOT NULL OR rate_limit IS NOT NULL);
+    SELECT coalesce(array_agg(name), '{}') INTO limited_jobs
+      FROM asyncjobs.jobs
+     WHERE name = ANY (p_jobs)
+       AND (max_concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL
+            OR key_rate_limit IS NOT NULL);
+
+    PERFORM pg_advisory_xact_lock(key)
+       FROM (SELECT asyncjobs.limit_lock_key('queue', q) AS key FROM unnest(limited_queues) q
+             UNION
+             SELECT asyncjobs.limit_lock_key('job', j) FROM unnest(limited_jobs) j
+             ORDER BY key) AS keys;
+    t := coalesce(p_now, clock_timestamp());
+
+    SELECT coalesce(array_agg(s.scope), '{}'), coalesce(array_agg(s.lim), '{}'),
+           coalesce(array_agg(s.period), '{}')
+      INTO scopes, scope_limits, scope_periods
+      FROM (SELECT 'job:' || name AS scope, rate_limit AS lim, rate_period AS period
+              FROM asyncjobs.jobs WHERE name = ANY (limited_jobs) AND rate_limit IS NOT NULL
+            UNION ALL
+            SELECT 'queue:' || name, rate_limit, rate_period
+              FROM asyncjobs.queues WHERE name = ANY (limited_queues) AND rate_limit IS NOT NULL
+           ) s;
+    IF cardinality(scopes) > 0 THEN
+        -- starts that left their window count no more (keeps the log at N rows per limit)
+        DELETE FROM asyncjobs.rate_starts s
+         USING unnest(scopes, scope_periods) AS l(scope, period)
+         WHERE s.scope = l.scope AND s.at <= t - l.period;
+        SELECT array_agg(greatest(0, l.lim - (SELECT count(*) FROM asyncjobs.rate_starts s
+                                               WHERE s.scope = l.scope))::integer ORDER BY l.ord),
+               min((SELECT min(s.at) FROM asyncjobs.rate_starts s WHERE s.scope = l.scope)
+                   + l.period)
+                   FILTER (WHERE (SELECT count(*) FROM asyncjobs.rate_starts s
+                                   WHERE s.scope = l.scope) >= l.lim)
+          INTO scope_room, next_start
+          FROM unnest(scopes, scope_limits, scope_periods) WITH ORDINALITY
+               AS l(scope, lim, period, ord);
+    ELSE
+        scope_room := '{}';
+    END IF;
+
+    -- Per-key rate limits: the same log, one row per start with its key. The starts of
+    -- every key of the job in its window are counted once here (the keys the scan will meet
+    -- are not known yet), and a key without room is skipped by the scan as a full key is.
+    SELECT coalesce(array_agg('key:' || name), '{}'), coalesce(array_agg(key_rate_limit), '{}'),
+           coalesce(array_agg(key_rate_period), '{}')
+      INTO key_scopes, key_limits, key_periods
+      FROM asyncjobs.jobs WHERE name = ANY (limited_jobs) AND key_rate_limit IS NOT NULL;
+    IF cardinality(key_scopes) > 0 THEN
+        DELETE FROM asyncjobs.rate_starts s
+         USING unnest(key_scopes, key_periods) AS l(scope, period)
+         WHERE s.scope = l.scope AND s.at <= t - l.period;
+        SELECT coalesce(array_agg(substr(k.scope, 5)), '{}'), coalesce(array_agg(k.key), '{}'),
+               coalesce(array_agg(greatest(0, k.lim - k.starts)::integer), '{}'),
+               least(next_start, min(k.first + k.period) FILTER (WHERE k.starts >= k.lim))
+          INTO rated_jobs, rated_keys, rated_room, next_start
+          FROM (SELECT s.scope, s.key, l.lim, l.period, count(*) AS starts, min(s.at) AS first
+                  FROM unnest(key_scopes, key_limits, key_periods) AS l(scope, lim, period)
+                  JOIN asyncjobs.rate_starts s ON s.scope = l.scope
+                 GROUP BY s.scope, s.key, l.lim, l.period) k;
+    END IF;
+
+    -- Jobs that may start now (not disabled, not at their limit or rate), worked out before
+    -- the scan: a `job <> ALL (...)` filter inside it made the planner expect one matching
+    -- row and read the whole backlog instead of walking runs_pending_idx to the LIMIT.
+    SELECT coalesce(array_agg(name), '{}') INTO runnable_jobs FROM (
+        SELECT unnest(p_jobs) AS name
+        EXCEPT
+        SELECT name FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled
+        EXCEPT
+        SELECT j.name FROM asyncjobs.jobs j
+         WHERE j.name = ANY (limited_jobs) AND j.max_concurrency IS NOT NULL
+           AND j.max_concurrency <= (SELECT count(*) FROM asyncjobs.runs r
+                                      WHERE r.status = 'running' AND r.job = j.name)
+        EXCEPT
+        SELECT substr(r.scope, 5) FROM unnest(scopes, scope_room) AS r(scope, room)
+         WHERE r.scope LIKE 'job:%' AND r.room = 0
+    ) runnable;
+
+    -- Keys at their limit are skipped by the scan, so a hot key's backlog never fills the
+    -- scan's LIMIT and holds the other keys back (no head-of-line blocking).
+    SELECT coalesce(array_agg(k.job), '{}'), coalesce(array_agg(k.concurrency_key), '{}')
+      INTO full_jobs, full_keys
+      FROM (SELECT r.job, r.concurrency_key, count(*) AS running
+              FROM asyncjobs.runs r
+             WHERE r.status = 'running' AND r.job = ANY (limited_jobs)
+               AND r.concurrency_key IS NOT NULL
+             GROUP BY r.job, r.concurrency_key) k
+      JOIN asyncjobs.jobs j ON j.name = k.job
+     WHERE k.running >= j.key_concurrency;
+    SELECT full_jobs || coalesce(array_agg(f.job), '{}'), full_keys || coalesce(array_agg(f.key), '{}')
+      INTO full_jobs, full_keys
+      FROM unnest(rated_jobs, rated_keys, rated_room) AS f(job, key, room)
+     WHERE f.room = 0;
+
+    RETURN QUERY
+    WITH
+    rate_room AS (
+        SELECT r.scope, r.room FROM unnest(scopes, scope_room) AS r(scope, room)
+    ),
+    -- free slots per queue this worker serves (its own capacity when unlimited or disabled=0)
+    queue_room AS (
+        SELECT wq.name AS queue,
+               least(
+                   CASE WHEN NOT coalesce(q.enabled, true) THEN 0
+                        WHEN q.max_concurrency IS NULL THEN p_capacity
+                        ELSE greatest(0, q.max_concurrency - (
+                            SELECT count(*) FROM asyncjobs.runs r
+                             WHERE r.status = 'running' AND r.queue = wq.name))::integer
+                   END,
+                   (SELECT rr.room FROM rate_room rr WHERE rr.scope = 'queue:' || wq.name)
+               ) AS room
+          FROM unnest(p_queues) AS wq(name)
+          LEFT JOIN asyncjobs.queues q ON q.name = wq.name
+    ),
+    -- free slots per limited job, counted over all queues (least() skips a missing limit)
+    job_room AS (
+        SELECT j.name AS job,
+               least(
+                   CASE WHEN j.max_concurrency IS NOT NULL THEN
+                       greatest(0, j.max_concurrency - (
+                           SELECT count(*) FROM asyncjobs.runs r
+                            WHERE r.status = 'running' AND r.job = j.name))::integer
+                   END,
+                   (SELECT rr.room FROM rate_room rr WHERE rr.scope = 'job:' || j.name)
+               ) AS room
+          FROM asyncjobs.jobs j
+         WHERE j.name = ANY (limited_jobs)
+           AND (j.max_concurrency IS NOT NULL OR j.rate_limit IS NOT NULL)
+    ),
+    -- MATERIALIZED: an optimization fence, so the planner cannot re-run the LIMITed,
+    -- row-locking scan and lock or update more rows than LIMIT (Oban's reason, too)
+    candidates AS MATERIALIZED (
+        SELECT c.id, c.job, c.queue, c.priority, c.concurrency_key
+          FROM queue_room qr
+         CROSS JOIN LATERAL (
+               SELECT r.id, r.job, r.queue, r.priority, r.concurrency_key
+                 FROM asyncjobs.runs r
+                WHERE r.status = 'pending'
+                  AND r.queue = qr.queue
+                  AND r.job = ANY (runnable_jobs)
+                  -- an all_nodes schedule's copy is for one worker only
+                  AND (r.target_worker IS NULL OR r.target_worker = p_worker)
+                  AND r.not_before <= coalesce(p_now, now())
+                  AND (r.not_after IS NULL OR r.not_after > coalesce(p_now, now()))
+                  AND NOT EXISTS (SELECT 1 FROM unnest(full_jobs, full_keys) f(job, key)
+                                   WHERE f.job = r.job AND f.key = r.concurrency_key)
+                ORDER BY r.priority DESC, r.id
+                LIMIT least(qr.room, p_capacity)
+                  FOR UPDATE SKIP LOCKED
+         ) c
+         WHERE qr.room > 0
+    ),
+    -- free slots per (job, key) among the candidates' keys: running slots and, under a
+    -- per-key rate limit, starts left in the window (a key that did not start in it has all)
+    key_room AS (
+        SELECT k.job, k.concurrency_key,
+               least(
+                   CASE WHEN j.key_concurrency IS NOT NULL THEN
+                       greatest(0, j.key_concurrency - (
+                           SELECT count(*) FROM asyncjobs.runs r
+                            WHERE r.status = 'running' AND r.job = k.job
+                              AND r.concurrency_key = k.concurrency_key))::integer
+                   END,
+                   CASE WHEN j.key_rate_limit IS NOT NULL THEN
+                       coalesce(rr.room, j.key_rate_limit)
+                   END
+               ) AS room
+          FROM (SELECT DISTINCT c.job, c.concurrency_key FROM candidates c
+                 WHERE c.concurrency_key IS NOT NULL) k
+          JOIN asyncjobs.jobs j ON j.name = k.job
+               AND (j.key_concurrency IS NOT NULL OR j.key_rate_limit IS NOT NULL)
+          LEFT JOIN unnest(rated_jobs, rated_keys, rated_room) AS rr(job, key, room)
+               ON rr.job = k.job AND rr.key = k.concurrency_key
+    ),
+    -- a limited job (and a limited key) takes at most its free slots, best runs first
+    chosen AS (
+        SELECT ranked.id FROM (
+            SELECT c.id, c.priority, jr.room, kr.room AS key_room,
+                   row_number() OVER (PARTITION BY c.job ORDER BY c.priority DESC, c.id) AS rank,
+                   row_number() OVER (PARTITION BY c.job, c.concurrency_key
+                                      ORDER BY c.priority DESC, c.id) AS key_rank
+              FROM candidates c
+              LEFT JOIN job_room jr ON jr.job = c.job
+              LEFT JOIN key_room kr ON kr.job = c.job AND kr.concurrency_key = c.concurrency_key
+        ) ranked
+         WHERE (ranked.room IS NULL OR ranked.rank <= ranked.room)
+           AND (ranked.key_room IS NULL OR ranked.key_rank <= ranked.key_room)
+         ORDER BY ranked.priority DESC, ranked.id
+         LIMIT p_capacity
+    ),
+    claimed AS (
+        UPDATE asyncjobs.runs r
+           SET status = 'running', attempt = r.attempt + 1, started_at = t,
+               worker_id = p_worker, lease_expires_at = t + p_lease
+          FROM chosen WHERE r.id = chosen.id
+        RETURNING r.*
+    ),
+    started AS (
+        INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+        SELECT id, root_run_id, 'running', jsonb_build_object('attempt', attempt, 'worker', p_worker)
+          FROM claimed
+    ),
+    counted AS (
+        INSERT INTO asyncjobs.rate_starts (scope, at, key)
+        SELECT s.scope, t, s.key
+          FROM claimed c
+         CROSS JOIN LATERAL (VALUES ('job:' || c.job, NULL::text), ('queue:' || c.queue, NULL),
+                                    ('key:' || c.job, c.concurrency_key)) AS s(scope, key)
+         WHERE s.scope = ANY (scopes) OR (s.key IS NOT NULL AND s.scope = ANY (key_scopes))
+    )
+    SELECT * FROM claimed ORDER BY priority DESC, id;
+
+    IF p_wake AND next_start IS NOT NULL THEN
+        wake.not_before := next_start;
+        wake.created_at := t;
+        RETURN NEXT wake;
+    END IF;
+END
+$$;
+
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');
