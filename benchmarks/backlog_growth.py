@@ -90,7 +90,8 @@ def _enqueue_args(job: str, n: int) -> list[Any]:
         "not_befores": [None] * n, "not_afters": [None] * n, "dedup_ids": [None] * n,
         "max_attempts": [1] * n, "parent_run_ids": [None] * n, "root_run_ids": [None] * n,
         "triggers": ["user"] * n, "max_restarts": [0] * n, "trace_contexts": [None] * n,
-        "step_keys": [None] * n, "key_fields": [None] * n, "now": None,
+        "step_keys": [None] * n, "key_fields": [None] * n, "concurrency_keys": [None] * n,
+        "now": None,
     })  # fmt: skip
 
 
