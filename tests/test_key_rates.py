@@ -324,3 +324,38 @@ async def test_computed_keys_get_the_validated_arguments(dsn: str) -> None:
         await conn.close()
     assert stored == "2030-2"
     assert isinstance(seen[0][0], datetime) and seen[0][1] == 1
+
+
+async def test_key_rate_windows_follow_the_test_clock(dsn: str) -> None:
+    """With a test clock the windows are exact: a used-up key waits one period to the
+    second, the wake row says so, and other keys start meanwhile."""
+    from asyncjobs.backends.base import WorkerInfo
+    from asyncjobs.testing import TestClock
+
+    app = App("key-rate-clock")
+
+    @app.job(concurrency_key="tenant", key_rate_limit="2/h")
+    async def hourly(tenant: str, n: int) -> None: ...
+
+    clock = TestClock()
+    async with app.client(dsn, clock=clock) as client:
+        backend = client.backend
+        await backend.register_definitions(*app.definitions())
+        await backend.register_worker(WorkerInfo("w1", "host", 1, ("default",), ("hourly",), 9))
+
+        async def claim() -> tuple[list[str], float | None]:
+            records = await backend.claim("w1", ["default"], ["hourly"], 9, 60.0)
+            keys = sorted(f"{r.concurrency_key}{r.args['n']}" for r in records)
+            return keys, getattr(records, "wake_in", None)
+
+        await client.trigger_many(hourly, [{"tenant": "a", "n": n} for n in range(3)])
+        assert (await claim())[0] == ["a0", "a1"]
+        # a's window is used up: its third run waits, and a claim that finds nothing says
+        # when a's next start is allowed
+        assert await claim() == ([], 3600.0)
+        await client.trigger_async(hourly, tenant="b", n=0)
+        assert (await claim())[0] == ["b0"]
+        clock.advance(timedelta(minutes=59, seconds=59))
+        assert await claim() == ([], 1.0)
+        clock.advance(timedelta(seconds=1))
+        assert (await claim())[0] == ["a2"]
