@@ -60,10 +60,12 @@ SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
  ORDER BY r.id;
 
 -- name: get_tree :many
--- The runs of one trace tree with `version`, oldest first, at most :limit.
+-- The runs of one trace tree with `version`, oldest first, at most :limit: the root by the
+-- primary key, its descendants through runs_root_idx (which holds no root).
 SELECT r.*, coalesce((SELECT max(e.id) FROM asyncjobs.run_events e
                         WHERE e.root_run_id = r.root_run_id AND e.run_id = r.id), 0) AS version
   FROM asyncjobs.runs r
- WHERE r.root_run_id = :root_run_id
+ WHERE (r.id = :root_run_id AND r.root_run_id = r.id)
+    OR (r.root_run_id = :root_run_id AND r.root_run_id <> r.id)
  ORDER BY r.id
  LIMIT :limit;

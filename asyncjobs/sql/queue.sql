@@ -136,7 +136,7 @@ done AS (
 ),
 -- queues where a finished run freed a slot under a limit: their workers may claim again now
 freed AS (
-    SELECT DISTINCT d.queue FROM done d
+    SELECT DISTINCT d.queue FROM (SELECT DISTINCT queue, job FROM done) d
      WHERE EXISTS (SELECT 1 FROM asyncjobs.jobs j
                     WHERE j.name = d.job AND j.max_concurrency IS NOT NULL)
         OR EXISTS (SELECT 1 FROM asyncjobs.queues q
@@ -365,7 +365,7 @@ roots AS (
      WHERE r.id = r.root_run_id AND r.finished_at IS NOT NULL AND r.finished_at < :finished_before
        AND (SELECT ok FROM locked)
        AND NOT EXISTS (SELECT FROM asyncjobs.runs c
-                        WHERE c.root_run_id = r.id
+                        WHERE c.root_run_id = r.id AND c.root_run_id <> c.id  -- descendants
                           AND (c.finished_at IS NULL OR c.finished_at >= :finished_before))
      ORDER BY r.finished_at
      LIMIT :max_trees
@@ -374,7 +374,10 @@ gone_events AS (
     DELETE FROM asyncjobs.run_events e USING roots WHERE e.root_run_id = roots.id RETURNING 1
 ),
 gone_runs AS (
-    DELETE FROM asyncjobs.runs r USING roots WHERE r.root_run_id = roots.id RETURNING 1
+    -- the roots by the primary key, their descendants through runs_root_idx
+    DELETE FROM asyncjobs.runs r USING roots
+     WHERE r.id = roots.id OR (r.root_run_id = roots.id AND r.root_run_id <> r.id)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM roots) AS trees,
        (SELECT count(*) FROM gone_runs) AS runs,

@@ -1,4 +1,4 @@
--- asyncjobs schema, version 11: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 12: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -188,8 +188,9 @@ CREATE INDEX runs_running_idx ON asyncjobs.runs (lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX runs_expiry_idx ON asyncjobs.runs (not_after)
     WHERE status = 'pending' AND not_after IS NOT NULL;
--- Trace trees.
-CREATE INDEX runs_root_idx ON asyncjobs.runs (root_run_id);
+-- Trace trees: a root is found by its primary key, so only its descendants need an entry
+-- here (most runs are roots: they pay none at enqueue, claim or completion).
+CREATE INDEX runs_root_idx ON asyncjobs.runs (root_run_id) WHERE root_run_id <> id;
 -- Run table filters and "last success" per job.
 CREATE INDEX runs_job_idx ON asyncjobs.runs (job, id DESC);
 -- Each tick fires exactly once (per worker for all_nodes copies), however many schedulers
@@ -465,15 +466,63 @@ DECLARE
     key_periods    interval[];
     t              timestamptz;
     wake           asyncjobs.runs;
+    any_disabled   boolean;
 BEGIN
-    SELECT coalesce(array_agg(name), '{}') INTO limited_queues
-      FROM asyncjobs.queues
-     WHERE name = ANY (p_queues) AND (max_concurrency IS NOT NULL OR rate_limit IS NOT NULL);
-    SELECT coalesce(array_agg(name), '{}') INTO limited_jobs
-      FROM asyncjobs.jobs
-     WHERE name = ANY (p_jobs)
-       AND (max_concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL
-            OR key_rate_limit IS NOT NULL);
+    SELECT (SELECT coalesce(array_agg(name), '{}') FROM asyncjobs.queues
+             WHERE name = ANY (p_queues)
+               AND (max_concurrency IS NOT NULL OR rate_limit IS NOT NULL)),
+           (SELECT coalesce(array_agg(name), '{}') FROM asyncjobs.jobs
+             WHERE name = ANY (p_jobs)
+               AND (max_concurrency IS NOT NULL OR key_concurrency IS NOT NULL
+                    OR rate_limit IS NOT NULL OR key_rate_limit IS NOT NULL)),
+           EXISTS (SELECT FROM asyncjobs.queues WHERE name = ANY (p_queues) AND NOT enabled)
+           OR EXISTS (SELECT FROM asyncjobs.jobs WHERE name = ANY (p_jobs) AND NOT enabled)
+      INTO limited_queues, limited_jobs, any_disabled;
+
+    -- The fast path: no queue or job of this claim is limited or disabled, so there is no
+    -- lock to take, no start to log and nothing to count: the statement above decided it,
+    -- and the claim query runs alone (the full path below runs six to ten statements first).
+    IF cardinality(limited_queues) = 0 AND cardinality(limited_jobs) = 0 AND NOT any_disabled
+    THEN
+        t := coalesce(p_now, clock_timestamp());
+        RETURN QUERY
+        WITH
+        candidates AS MATERIALIZED (
+            SELECT c.id, c.priority
+              FROM unnest(p_queues) AS wq(name)
+             CROSS JOIN LATERAL (
+                   SELECT r.id, r.priority
+                     FROM asyncjobs.runs r
+                    WHERE r.status = 'pending'
+                      AND r.queue = wq.name
+                      AND r.job = ANY (p_jobs)
+                      AND (r.target_worker IS NULL OR r.target_worker = p_worker)
+                      AND r.not_before <= coalesce(p_now, now())
+                      AND (r.not_after IS NULL OR r.not_after > coalesce(p_now, now()))
+                    ORDER BY r.priority DESC, r.id
+                    LIMIT p_capacity
+                      FOR UPDATE SKIP LOCKED
+             ) c
+        ),
+        chosen AS (
+            SELECT c.id FROM candidates c ORDER BY c.priority DESC, c.id LIMIT p_capacity
+        ),
+        claimed AS (
+            UPDATE asyncjobs.runs r
+               SET status = 'running', attempt = r.attempt + 1, started_at = t,
+                   worker_id = p_worker, lease_expires_at = t + p_lease
+              FROM chosen WHERE r.id = chosen.id
+            RETURNING r.*
+        ),
+        started AS (
+            INSERT INTO asyncjobs.run_events (run_id, root_run_id, kind, data)
+            SELECT id, root_run_id, 'running',
+                   jsonb_build_object('attempt', attempt, 'worker', p_worker)
+              FROM claimed
+        )
+        SELECT * FROM claimed ORDER BY priority DESC, id;
+        RETURN;
+    END IF;
 
     PERFORM pg_advisory_xact_lock(key)
        FROM (SELECT asyncjobs.limit_lock_key('queue', q) AS key FROM unnest(limited_queues) q
@@ -740,3 +789,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (8, 'time_control');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (9, 'scale_fixes');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (12, 'lean_runs');
