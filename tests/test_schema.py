@@ -313,20 +313,22 @@ async def test_worker_command_reports_a_schema_mismatch(empty_dsn: str) -> None:
 PENDING_RUNS = 20_000
 
 
-async def _seed(conn: asyncpg.Connection) -> None:
-    """20k pending runs over 3 queues (one limited, one with a limited job), a few running."""
+async def _seed(conn: asyncpg.Connection, limited: bool) -> None:
+    """20k pending runs over 3 queues (when `limited`, one limited and one with a limited
+    job: the claim's full path; else none: its fast path), a few running."""
+    queue_limit, job_limit = ("50", "30") if limited else ("NULL", "NULL")
     await conn.execute("""
-        INSERT INTO asyncjobs.queues (name, max_concurrency) VALUES ('q0', 50), ('q1', NULL),
-                                                                    ('q2', NULL);
+        INSERT INTO asyncjobs.queues (name, max_concurrency)
+        VALUES ('q0', $Q::integer), ('q1', NULL), ('q2', NULL);
         INSERT INTO asyncjobs.jobs (name, queue, max_concurrency)
-        VALUES ('j0', 'q0', NULL), ('j1', 'q1', 30), ('j2', 'q2', NULL);
+        VALUES ('j0', 'q0', NULL), ('j1', 'q1', $J::integer), ('j2', 'q2', NULL);
         INSERT INTO asyncjobs.runs (job, queue, args, priority, root_run_id)
         SELECT 'j' || g % 3, 'q' || g % 3, '{}', g % 5, g FROM generate_series(1, $N) g;
         UPDATE asyncjobs.runs SET status = 'running', attempt = 1, started_at = now(),
                                   worker_id = 'w0', lease_expires_at = now() + interval '1 min'
          WHERE id % 1000 = 0;
         ANALYZE asyncjobs.runs;
-    """.replace("$N", str(PENDING_RUNS)))  # fmt: skip
+    """.replace("$N", str(PENDING_RUNS)).replace("$Q", queue_limit).replace("$J", job_limit))
 
 
 
@@ -356,11 +358,12 @@ async def _claim_plans(conn: asyncpg.Connection, calls: int) -> list[dict[str, A
     return plans
 
 
+@pytest.mark.parametrize("limited", [True, False], ids=["full_path", "fast_path"])
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
-async def test_claim_uses_the_pending_index(dsn: str, plan_cache_mode: str) -> None:
+async def test_claim_uses_the_pending_index(dsn: str, plan_cache_mode: str, limited: bool) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await _seed(conn)
+        await _seed(conn, limited)
         # plpgsql switches to a generic plan after a few calls: check both kinds
         await conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
         plans = await _claim_plans(conn, calls=6)
@@ -369,6 +372,8 @@ async def test_claim_uses_the_pending_index(dsn: str, plan_cache_mode: str) -> N
 
     claims = [p for p in plans if "candidates AS MATERIALIZED" in p["Query Text"]]
     assert len(claims) == 6
+    if not limited:  # the fast path: the claim query is the only statement that reads runs
+        assert len(plans) == 6, [p["Query Text"] for p in plans]
     for plan in plans:
         seq_scans = [
             n for n in plan_nodes(plan["Plan"])
