@@ -53,6 +53,7 @@ CHECKED: dict[str, list[dict[str, Any]]] = {
         "max_restarts": [10], "trace_contexts": [None], "step_keys": [None],
         "key_fields": [None],
         "concurrency_keys": [None],
+        "origin": None,
     }],
     "runs_by_step": [{"parent_run_ids": IDS, "step_keys": ["s"] * len(IDS)}],
     "active_run_ids_by_dedup": [{"jobs": ["j1"], "dedup_ids": ["d"]}],
