@@ -280,7 +280,8 @@ class Client:
                                           Trigger.USER)
         job_args = handle.args
         encoded = inputs.encode_many(
-            handle.name, arguments, lambda a: job_args.encode(job_args.bind((), a))
+            handle.name, arguments, lambda a: job_args.encode(job_args.bind((), a)),
+            job_args.encode_many,
         )
         return await self._enqueue(handle, encoded, Trigger.USER)
 
@@ -336,10 +337,12 @@ class Client:
         parent = current_context.get()
         if parent is not None and trigger is Trigger.USER:
             trigger = Trigger.CHILD
-        # a test clock (asyncjobs.testing.TestClock) moves offsets too
-        now = self.backend.clock_now() or datetime.now(UTC)
-        not_before = _absolute(options.not_before, now)
-        not_after = _absolute(options.not_after, now)
+        not_before, not_after = options.not_before, options.not_after
+        if isinstance(not_before, timedelta) or isinstance(not_after, timedelta):
+            # a test clock (asyncjobs.testing.TestClock) moves offsets too
+            now = self.backend.clock_now() or datetime.now(UTC)
+            not_before = _absolute(not_before, now)
+            not_after = _absolute(not_after, now)
         if not_before and not_after and not_after <= not_before:
             raise InvalidArguments(f"{name}: not_after is not later than not_before")
         if options.dedup_id is not None and len(encoded) > 1:

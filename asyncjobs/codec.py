@@ -60,6 +60,8 @@ class ArgsCodec:
     #: every parameter is a scalar (int, str, datetime, enum, ...): no nesting to walk, and
     #: pydantic's own JSON serializer can be used (the hot path of bulk triggers)
     flat: bool = False
+    #: a flat codec's validator of a whole list of argument dicts (``encode_many``)
+    many: pydantic.TypeAdapter[list[Any]] | None = None
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Positional and keyword arguments → one dict by parameter name."""
@@ -99,6 +101,30 @@ class ArgsCodec:
                 f"above the limit of {self.max_bytes}"
             )
         return text
+
+    def encode_many(self, items: list[Mapping[str, Any]]) -> list[str] | None:
+        """``encode`` for every item of a flat codec's list in one validation call (bulk
+        triggers), or ``None`` when any item is refused or this codec is not flat: the caller
+        then encodes item by item, which names the bad item and its error exactly as
+        ``encode`` does."""
+        if self.many is None:
+            return None
+        try:
+            validated = self.many.validate_python(items)
+        except (pydantic.ValidationError, RecursionError):
+            return None
+        to_json = self.model.__pydantic_serializer__.to_json
+        encoded = []
+        try:
+            for item in validated:
+                self._check_scalars(item)
+                data = to_json(item, by_alias=True)  # what model_dump_json runs
+                if len(data) > self.max_bytes:
+                    return None
+                encoded.append(data.decode())
+        except (InvalidArguments, ValueError, TypeError):  # PydanticSerializationError too
+            return None
+        return encoded
 
     def _check_scalars(self, validated: pydantic.BaseModel) -> None:
         """The flat path's checks: every value is a scalar, so no walk is needed."""
@@ -234,7 +260,8 @@ def args_codec(
     except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
         raise ConfigurationError(f"job {job_name!r}: cannot build argument schema: {exc}") from exc
     flat = all(_is_flat(hints.get(name, Any)) for name in signature.parameters)
-    return ArgsCodec(job_name, model, signature, max_bytes, flat)
+    many = pydantic.TypeAdapter(list[model]) if flat else None
+    return ArgsCodec(job_name, model, signature, max_bytes, flat, many)
 
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1

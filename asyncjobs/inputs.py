@@ -29,16 +29,28 @@ def encode_many(
     job_name: str,
     arguments: Iterable[Mapping[str, Any]],
     encode: Callable[[Mapping[str, Any]], str],
+    encode_all: Callable[[list[Mapping[str, Any]]], list[str] | None] | None = None,
 ) -> list[str]:
     """Validate and encode every item of ``trigger_many`` with ``encode`` (the job's codec, or
-    the stored schema of a job known by name); an error names the item's index."""
+    the stored schema of a job known by name); an error names the item's index.
+
+    ``encode_all`` (a job's ``ArgsCodec.encode_many``) does the whole list in one call when
+    every item is good; otherwise the items go through ``encode`` one by one, whose errors name
+    the bad one."""
     if isinstance(arguments, str | bytes | Mapping) or not isinstance(arguments, Iterable):
         raise InvalidArguments(
             f"{job_name}: trigger_many takes a list of argument mappings, "
             f"got {type(arguments).__name__}"
         )
+    items = list(arguments)
+    if encode_all is not None and all(
+        type(item) is dict or isinstance(item, Mapping) for item in items
+    ):
+        encoded = encode_all(items)
+        if encoded is not None:
+            return encoded
     encoded = []
-    for index, item in enumerate(arguments):
+    for index, item in enumerate(items):
         if not isinstance(item, Mapping):
             raise InvalidArguments(
                 f"{job_name}: item {index}: arguments must be a mapping of parameter names to "

@@ -84,15 +84,12 @@ async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> tuple[str
 
 
 def _enqueue_args(job: str, n: int) -> list[Any]:
-    return QUERIES["enqueue_runs"].arguments((), {
-        "jobs": [job] * n, "queues": ["default"] * n,
-        "args": [json.dumps({"i": i}) for i in range(n)], "priorities": [0] * n,
-        "not_befores": [None] * n, "not_afters": [None] * n, "dedup_ids": [None] * n,
-        "max_attempts": [1] * n, "parent_run_ids": [None] * n, "root_run_ids": [None] * n,
-        "triggers": ["user"] * n, "max_restarts": [0] * n, "trace_contexts": [None] * n,
-        "step_keys": [None] * n, "key_fields": [None] * n, "concurrency_keys": [None] * n,
-        "now": None,
-    })  # fmt: skip
+    # one array of fields per run, in the order of enqueue_runs' `r ->> n`
+    runs = [[job, "default", json.dumps({"i": i}), 0, None, None, None, 1, None, None, "user",
+             0, None, None, None, None] for i in range(n)]  # fmt: skip
+    return QUERIES["enqueue_runs"].arguments(
+        (), {"runs": json.dumps(runs), "now": None, "origin": None}
+    )
 
 
 def _get_runs_args(job: str | None, status: str | None) -> list[Any]:

@@ -46,13 +46,10 @@ def _page(**filters: Any) -> dict[str, Any]:
 #: statement -> the arguments to explain it with, by name (several for filters that change the
 #: plan; ``:now`` is added, NULL)
 CHECKED: dict[str, list[dict[str, Any]]] = {
+    # one run (the fields of asyncjobs.backends.postgres._ENQUEUE_FIELDS)
     "enqueue_runs": [{
-        "jobs": ["j1"], "queues": ["default"], "args": ["{}"], "priorities": [0],
-        "not_befores": [None], "not_afters": [None], "dedup_ids": ["d"], "max_attempts": [1],
-        "parent_run_ids": [None], "root_run_ids": [None], "triggers": ["user"],
-        "max_restarts": [10], "trace_contexts": [None], "step_keys": [None],
-        "key_fields": [None],
-        "concurrency_keys": [None],
+        "runs": '[["j1", "default", "{}", 0, null, null, "d", 1, null, null, "user", 10, null,'
+                ' null, null, null]]',
         "origin": None,
     }],
     "runs_by_step": [{"parent_run_ids": IDS, "step_keys": ["s"] * len(IDS)}],

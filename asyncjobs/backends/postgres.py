@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from asyncjobs.backends.base import (
     SwitchKind,
     WorkerInfo,
 )
+from asyncjobs.backends.held import HeldConnection
 from asyncjobs.backends.listener import LOCAL_PEERS, PostgresListener
 from asyncjobs.codec import dumps
 from asyncjobs.errors import (
@@ -57,6 +59,7 @@ from asyncjobs.errors import (
 )
 from asyncjobs.explain import DEFAULT_WORKER_TTL, RunFacts, SlotHolder
 from asyncjobs.gauges import ClusterGauges, Load
+from asyncjobs.groupcommit import GroupCommit
 from asyncjobs.runs import EventCursor, RunEvent, RunRecord, RunStatus, Trigger
 from asyncjobs.schedules import ScheduleDefinition, ScheduleState
 from asyncjobs.summary import JobSummary, LastSuccess
@@ -249,6 +252,26 @@ async def _applied_migrations(conn: _Connection) -> list[tuple[int, int | None]]
     return [(row["version"], row["compatible_from"]) for row in rows]
 
 
+#: the ``NewRun`` fields of a run in ``enqueue_runs``' :runs document, in its ``r ->> n`` order
+#: (``args_json`` and ``trace_context`` go as JSON text; ``trigger`` is a ``StrEnum``)
+_ENQUEUE_FIELDS = (
+    "job", "queue", "args_json", "priority", "not_before", "not_after", "dedup_id",
+    "max_attempts", "parent_run_id", "root_run_id", "trigger", "max_restarts", "trace_context",
+    "step_key", "key_field", "concurrency_key",
+)  # fmt: skip
+_ENQUEUE_ROW = operator.attrgetter(*_ENQUEUE_FIELDS)
+# the hot path passes enqueue_runs' parameters by position
+if Q["enqueue_runs"].params != ("runs", "now", "origin"):
+    raise RuntimeError(f"enqueue_runs takes {Q['enqueue_runs'].params}, not (runs, now, origin)")
+_ENQUEUE_TEXT = Q["enqueue_runs"].text
+
+
+def _retry_alone(error: Exception) -> bool:
+    """A coalesced insert refused by the database wrote nothing: each run is sent again on
+    its own, so only the bad one fails. A lost connection may have committed it: no retry."""
+    return not isinstance(error, DatabaseUnavailable)
+
+
 def _raise_first_duplicate(runs: Sequence[NewRun], results: Sequence[Enqueued]) -> None:
     for run, result in zip(runs, results, strict=True):
         # a child found at its step is the step's result, not a duplicate
@@ -312,6 +335,12 @@ class PostgresBackend:
         self._lifecycle = asyncio.Lock()
         self.clock = clock
         self._unsubscribe: Callable[[], None] | None = None
+        # single runs triggered at once share one statement (asyncjobs.groupcommit), sent on
+        # a connection kept between statements (asyncjobs.backends.held)
+        self._held = HeldConnection(translate_errors)
+        self._group: GroupCommit[NewRun, Enqueued] = GroupCommit(
+            self._send_group, _retry_alone
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -339,6 +368,7 @@ class PostgresBackend:
                 reset=_reset_connection,
                 statement_cache_size=0 if self._pgbouncer else 100,
             )
+        self._held.open(self._pool)
         try:
             if self._migrate_on_open:
                 await self.migrate()
@@ -361,6 +391,8 @@ class PostgresBackend:
             self._unsubscribe = None
         LOCAL_PEERS.leave(self.dsn, self._listener)
         await self._listener.stop()
+        await self._group.wait_idle()
+        await self._held.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             with anyio.CancelScope(shield=True):
@@ -474,6 +506,13 @@ class PostgresBackend:
     ) -> list[Enqueued]:
         if not runs:
             return []
+        if len(runs) == 1 and runs[0].parent_run_id is None:
+            # a lone run joins the statement of runs triggered at the same moment; children
+            # do not (their steps are matched one call at a time, see _reuse_steps)
+            result = await self._group.submit(runs[0])
+            if reject_duplicates:
+                _raise_first_duplicate(runs, [result])
+            return [result]
         # One statement is atomic on its own; only a batch that may be partly written before a
         # duplicate is found needs a transaction to roll back.
         try:
@@ -503,31 +542,26 @@ class PostgresBackend:
         if results is None or any(e.created for e in results):
             LOCAL_PEERS.dispatch(self.dsn, Notification(queues=frozenset(r.queue for r in runs)))
 
+    async def _send_group(self, runs: list[NewRun]) -> list[Enqueued]:
+        try:
+            results = await self._held.use(self._enqueue_on, runs)
+        except BaseException:
+            self._wake_local(runs, None)  # it may have committed (see enqueue)
+            raise
+        self._wake_local(runs, results)
+        return results
+
     async def _insert(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
     ) -> list[asyncpg.Record]:
+        try:
+            # one C call for the whole batch: the runs as arrays of their fields
+            document = orjson.dumps(list(map(_ENQUEUE_ROW, runs))).decode()
+        except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a name
+            raise InvalidArguments(f"a run cannot be stored: {exc}") from None
         with translate_errors():
-            query = Q["enqueue_runs"]
-            named = {
-                "jobs": [r.job for r in runs],
-                "queues": [r.queue for r in runs],
-                "args": [r.args_json for r in runs],
-                "priorities": [r.priority for r in runs],
-                "not_befores": [r.not_before for r in runs],
-                "not_afters": [r.not_after for r in runs],
-                "dedup_ids": [r.dedup_id for r in runs],
-                "max_attempts": [r.max_attempts for r in runs],
-                "parent_run_ids": [r.parent_run_id for r in runs],
-                "root_run_ids": [r.root_run_id for r in runs],
-                "triggers": [r.trigger.value for r in runs],
-                "max_restarts": [r.max_restarts for r in runs],
-                "trace_contexts": [r.trace_context for r in runs],
-                "step_keys": [r.step_key for r in runs],
-                "key_fields": [r.key_field for r in runs],
-                "origin": LOCAL_PEERS.origin(self.dsn, asyncio.get_running_loop()),
-                "concurrency_keys": [r.concurrency_key for r in runs],
-            }
-            return await conn.fetch(query.text, *self._args(query, named))
+            origin = LOCAL_PEERS.origin(self.dsn, asyncio.get_running_loop())
+            return await conn.fetch(_ENQUEUE_TEXT, document, self.clock_now(), origin)
 
     async def _enqueue_on(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
