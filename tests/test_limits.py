@@ -116,7 +116,10 @@ async def _drive(dsn: str, route: Route, workers: list[subprocess.Popen[bytes]])
     await _wait_registered(dsn, workers)
     async with limits_app.client(route.dsn(dsn), **route.options(dsn)) as client:
         for job, count in RUNS.items():
-            arguments = [{"sleep_ms": sleeps.randint(10, 40)} for _ in range(count)]
+            # Runs last several claim round trips: through PgBouncer a claim waits for a server
+            # connection and for the limit's lock, and with 10-40 ms runs the limits were
+            # seldom full at once and one worker could go without a run (3 of 4 runs failed).
+            arguments = [{"sleep_ms": sleeps.randint(40, 120)} for _ in range(count)]
             await client.trigger_many(job, arguments)
     total = sum(RUNS.values())
     conn = await asyncpg.connect(dsn)
