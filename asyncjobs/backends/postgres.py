@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -515,20 +515,10 @@ class PostgresBackend:
             return [result]
         # One statement is atomic on its own; only a batch that may be partly written before a
         # duplicate is found needs a transaction to roll back.
-        try:
-            if not (reject_duplicates and len(runs) > 1 and any(r.dedup_id for r in runs)):
-                results = await self._enqueue_on(self.pool, runs)
-            else:
-                with translate_errors():
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        results = await self._enqueue_on(conn, runs)
-                        _raise_first_duplicate(runs, results)  # rolls the whole batch back
-        except BaseException:
-            # it may have committed (cancelled while the reply was on its way), and its
-            # NOTIFY skips this process's claimers: wake them (at worst one empty claim)
-            self._wake_local(runs, None)
-            raise
-        self._wake_local(runs, results)
+        if not (reject_duplicates and len(runs) > 1 and any(r.dedup_id for r in runs)):
+            results = await self._waking(runs, self._enqueue_on(self.pool, runs))
+        else:
+            results = await self._waking(runs, self._enqueue_all_or_nothing(runs))
         if reject_duplicates:
             _raise_first_duplicate(runs, results)
         return results
@@ -542,14 +532,29 @@ class PostgresBackend:
         if results is None or any(e.created for e in results):
             LOCAL_PEERS.dispatch(self.dsn, Notification(queues=frozenset(r.queue for r in runs)))
 
-    async def _send_group(self, runs: list[NewRun]) -> list[Enqueued]:
+    async def _enqueue_all_or_nothing(self, runs: Sequence[NewRun]) -> list[Enqueued]:
+        with translate_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                results = await self._enqueue_on(conn, runs)
+                _raise_first_duplicate(runs, results)  # rolls the whole batch back
+                return results
+
+    async def _waking(
+        self, runs: Sequence[NewRun], insert: Awaitable[list[Enqueued]]
+    ) -> list[Enqueued]:
+        """Await ``insert``, then wake this process's claimers of its queues. Also when it
+        failed or was cancelled: it may have committed (cancelled while the reply was on its
+        way), and its NOTIFY skips them, so they are woken (at worst one empty claim)."""
         try:
-            results = await self._held.use(self._enqueue_on, runs)
+            results = await insert
         except BaseException:
-            self._wake_local(runs, None)  # it may have committed (see enqueue)
+            self._wake_local(runs, None)
             raise
         self._wake_local(runs, results)
         return results
+
+    async def _send_group(self, runs: list[NewRun]) -> list[Enqueued]:
+        return await self._waking(runs, self._held.use(self._enqueue_on, runs))
 
     async def _insert(
         self, conn: asyncpg.Pool | _Connection, runs: Sequence[NewRun]
