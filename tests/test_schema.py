@@ -389,6 +389,15 @@ async def test_claim_uses_the_pending_index(dsn: str, plan_cache_mode: str, limi
         (scan,) = [n for n in plan_nodes(locked[0]) if n.get("Relation Name") == "runs"]
         # an ordered index scan: the LIMIT stops after the first rows, with no sort
         assert (scan["Node Type"], scan["Index Name"]) == ("Index Scan", "runs_pending_idx")
+        # the chosen runs are updated by primary-key lookups, never by a join that walks
+        # runs_pkey from its start (the generic plan's merge join before migration 0013:
+        # every claim read the index up to the ids it claimed)
+        (claimed,) = [n for n in plan_nodes(plan["Plan"]) if n.get("Subplan Name") == "CTE claimed"]
+        (update,) = [n for n in plan_nodes(claimed) if n["Node Type"] == "ModifyTable"]
+        (target,) = [n for n in plan_nodes(update) if n.get("Alias") == update["Alias"]
+                     and n is not update]
+        assert (target["Node Type"], target["Index Name"]) == ("Index Scan", "runs_pkey")
+        assert "Index Cond" in target, "the chosen runs must be looked up by id"
 
 
 # ---------------------------------------------------------------------- error seam

@@ -1,4 +1,4 @@
--- asyncjobs schema, version 12: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 13: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -511,7 +511,7 @@ BEGIN
             UPDATE asyncjobs.runs r
                SET status = 'running', attempt = r.attempt + 1, started_at = t,
                    worker_id = p_worker, lease_expires_at = t + p_lease
-              FROM chosen WHERE r.id = chosen.id
+             WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- see 0013
             RETURNING r.*
         ),
         started AS (
@@ -722,7 +722,7 @@ BEGIN
         UPDATE asyncjobs.runs r
            SET status = 'running', attempt = r.attempt + 1, started_at = t,
                worker_id = p_worker, lease_expires_at = t + p_lease
-          FROM chosen WHERE r.id = chosen.id
+         WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- see 0013
         RETURNING r.*
     ),
     started AS (
@@ -790,3 +790,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (9, 'scale_fixes');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (12, 'lean_runs');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (13, 'claim_by_id');
