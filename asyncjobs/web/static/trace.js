@@ -286,6 +286,12 @@ export function renderTrace(view, runId, setLive) {
   const stream = openStream(`api/runs/${runId}/events`, {
     parseTime,
     onState(state) {
+      if (state === "ended") {
+        // after the final render (queued for this frame by the "end" message), so that the
+        // badge never says "ended" over the state before the end
+        requestAnimationFrame(() => setLive(state));
+        return;
+      }
       setLive(state);
       if (state === "offline") {
         getJSON(`api/runs/${runId}`).catch((exc) => {
