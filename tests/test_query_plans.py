@@ -97,6 +97,7 @@ ELSEWHERE = {
 #: statements off the hot paths, and why their plan needs no check at this size
 NOT_HOT = {
     "schema_installed": "catalog lookup at startup",
+    "wal_flushed": "reads no table: compares two WAL positions",
     "schema_version": "schema_version has one row per migration",
     "applied_migrations": "schema_version has one row per migration",
     "records_compatibility": "catalog lookup at migration",

@@ -288,6 +288,18 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+#: seconds between checks of the WAL flush a feed read waits for (``_until_durable``): any
+#: synchronous commit flushes it, the WAL writer at the latest after 3 x wal_writer_delay
+FLUSH_POLL_MIN = 0.001
+FLUSH_POLL_MAX = 0.05
+
+
+def _lsn(text: str) -> int:
+    """A WAL position (``pg_lsn`` as text, ``"16/B374D848"``) as a number, for comparing."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
 def _event(row: asyncpg.Record) -> RunEvent:
     return RunEvent(
         row["id"], row["run_id"], row["root_run_id"], row["at"], row["kind"], row["data"],
@@ -991,6 +1003,7 @@ class PostgresBackend:
             rows = await self._fetch("read_feed", **position)
         else:
             rows = await self._fetch("read_tree_feed", **position, root_run_id=root_run_id)
+        await self._until_durable(rows)
         events: list[RunEvent] = []
         for row in rows:
             if not row["ready"]:
@@ -1000,7 +1013,22 @@ class PostgresBackend:
 
     async def feed_position(self, grace_seconds: float) -> EventCursor:
         row = await self._fetchrow("feed_position", grace=timedelta(seconds=grace_seconds))
-        return EventCursor() if row is None else EventCursor(row["xid"], row["id"])
+        if row is None:
+            return EventCursor()
+        await self._until_durable([row])
+        return EventCursor(row["xid"], row["id"])
+
+    async def _until_durable(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Wait until the WAL is flushed past what these feed rows were read at (see
+        sql/feed.sql): a claim commits without waiting for the flush, and an event of a
+        transaction that a server crash loses must never have been handed out."""
+        if not rows or all(row["flushed"] for row in rows):
+            return
+        wal = max((row["wal"] for row in rows), key=_lsn)
+        delay = FLUSH_POLL_MIN
+        while not await self._fetchval("wal_flushed", wal=wal):
+            await asyncio.sleep(delay)  # the next commit or the WAL writer flushes it
+            delay = min(delay * 2, FLUSH_POLL_MAX)
 
     async def get_runs_by_ids(self, run_ids: Sequence[int]) -> list[RunRecord]:
         if not run_ids:

@@ -10,14 +10,22 @@
 -- become visible together. A long transaction anywhere on the cluster holds xmin back, so
 -- an event older than the grace period (:grace) is ready too; this keeps "no gap" as long as no
 -- asyncjobs statement stays open longer than the grace period (they take milliseconds).
+--
+-- A claim commits without waiting for the WAL flush (migrations/0014_async_claim.sql), and a
+-- transaction lost in a server crash can see its xid and event ids taken again after the
+-- recovery: an event handed out before it is durable could be skipped by a reader resuming
+-- after it. So each read also returns `wal`, the WAL insert position when it read (every
+-- commit it saw is before it), and `flushed`, whether the WAL is flushed that far; the
+-- backend hands the events out only once it is (wal_flushed).
 
 -- name: read_feed :many
 -- Events after position (:after_xid, :after_id) in feed order, with `ready` (see above).
 SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
-       e.xid < h.xmin OR e.at < h.old AS ready
+       e.xid < h.xmin OR e.at < h.old AS ready, h.wal::text AS wal,
+       pg_current_wal_flush_lsn() >= h.wal AS flushed
   FROM asyncjobs.run_events e
  CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-                    now() - :grace::interval AS old) h
+                    now() - :grace::interval AS old, pg_current_wal_insert_lsn() AS wal) h
  WHERE (e.xid, e.id) > (:after_xid::xid8, :after_id::bigint)
  ORDER BY e.xid, e.id
  LIMIT :limit;
@@ -25,29 +33,38 @@ SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
 -- name: read_tree_feed :many
 -- The same for the events of one trace tree (:root_run_id is the root run id).
 SELECT e.id, e.run_id, e.root_run_id, e.at, e.kind, e.data, e.xid,
-       e.xid < h.xmin OR e.at < h.old AS ready
+       e.xid < h.xmin OR e.at < h.old AS ready, h.wal::text AS wal,
+       pg_current_wal_flush_lsn() >= h.wal AS flushed
   FROM asyncjobs.run_events e
  CROSS JOIN (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-                    now() - :grace::interval AS old) h
+                    now() - :grace::interval AS old, pg_current_wal_insert_lsn() AS wal) h
  WHERE e.root_run_id = :root_run_id AND (e.xid, e.id) > (:after_xid::xid8, :after_id::bigint)
  ORDER BY e.xid, e.id
  LIMIT :limit;
 
 -- name: feed_position :one
--- The position just before the first visible event that is not ready, or of the last event.
+-- The position just before the first visible event that is not ready, or of the last event
+-- (with `wal` and `flushed`, as above: a position is handed out once it is durable too).
 WITH h AS (
-    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, now() - :grace::interval AS old
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin, now() - :grace::interval AS old,
+           pg_current_wal_insert_lsn() AS wal
 ),
 first_unready AS (
     SELECT e.xid, e.id FROM asyncjobs.run_events e, h
      WHERE e.xid >= h.xmin AND e.at >= h.old
      ORDER BY e.xid, e.id LIMIT 1
 )
-SELECT e.xid, e.id FROM asyncjobs.run_events e
+SELECT e.xid, e.id, (SELECT wal::text FROM h) AS wal,
+       pg_current_wal_flush_lsn() >= (SELECT wal FROM h) AS flushed
+  FROM asyncjobs.run_events e
  WHERE NOT EXISTS (SELECT FROM first_unready)
     OR (e.xid, e.id) < (SELECT f.xid, f.id FROM first_unready f)
  ORDER BY e.xid DESC, e.id DESC
  LIMIT 1;
+
+-- name: wal_flushed :one
+-- Whether the WAL is flushed up to :wal (a `wal` of the reads above).
+SELECT pg_current_wal_flush_lsn() >= (:wal::text)::pg_lsn AS flushed;
 
 -- name: get_runs_by_ids_versioned :many
 -- Runs by id with `version`: the id of the run's latest event (a newer state has a larger one).

@@ -1,4 +1,4 @@
--- asyncjobs schema, version 13: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 14: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -485,6 +485,9 @@ BEGIN
     IF cardinality(limited_queues) = 0 AND cardinality(limited_jobs) = 0 AND NOT any_disabled
     THEN
         t := coalesce(p_now, clock_timestamp());
+        -- Committed without waiting for the WAL flush (see migrations/0014_async_claim.sql):
+        -- a claim lost in a server crash leaves its run pending, to be claimed again.
+        PERFORM set_config('synchronous_commit', 'off', true);
         RETURN QUERY
         WITH
         candidates AS MATERIALIZED (
@@ -791,3 +794,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (12, 'lean_runs');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (13, 'claim_by_id');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (14, 'async_claim');
