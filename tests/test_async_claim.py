@@ -1,4 +1,4 @@
-"""The fast-path claim commits without waiting for the WAL flush (migration 0014), and the live
+"""The fast-path claim commits without waiting for the WAL flush (migration 0013), and the live
 feed never hands out an event before it is durable.
 
 A private server whose WAL writer flushes only every 10 s (and no autovacuum), so that an

@@ -11,7 +11,7 @@
 -- an event older than the grace period (:grace) is ready too; this keeps "no gap" as long as no
 -- asyncjobs statement stays open longer than the grace period (they take milliseconds).
 --
--- A claim commits without waiting for the WAL flush (migrations/0014_async_claim.sql), and a
+-- A claim commits without waiting for the WAL flush (migrations/0013_fast_claim.sql), and a
 -- transaction lost in a server crash can see its xid and event ids taken again after the
 -- recovery: an event handed out before it is durable could be skipped by a reader resuming
 -- after it. So each read also returns `wal`, the WAL insert position when it read (every

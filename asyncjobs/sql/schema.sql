@@ -1,4 +1,4 @@
--- asyncjobs schema, version 14: the current schema, written whole. A fresh install runs this
+-- asyncjobs schema, version 13: the current schema, written whole. A fresh install runs this
 -- file; an older install runs the files of migrations/ above its version instead, and a test
 -- (tests/test_schema.py) checks that both end in the same catalog, storage parameters and
 -- function settings included. A change adds a migration and edits this file to match: a new
@@ -485,7 +485,7 @@ BEGIN
     IF cardinality(limited_queues) = 0 AND cardinality(limited_jobs) = 0 AND NOT any_disabled
     THEN
         t := coalesce(p_now, clock_timestamp());
-        -- Committed without waiting for the WAL flush (see migrations/0014_async_claim.sql):
+        -- Committed without waiting for the WAL flush (see migrations/0013_fast_claim.sql):
         -- a claim lost in a server crash leaves its run pending, to be claimed again.
         PERFORM set_config('synchronous_commit', 'off', true);
         RETURN QUERY
@@ -514,7 +514,7 @@ BEGIN
             UPDATE asyncjobs.runs r
                SET status = 'running', attempt = r.attempt + 1, started_at = t,
                    worker_id = p_worker, lease_expires_at = t + p_lease
-             WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- see 0013
+             WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- by id: see 0013
             RETURNING r.*
         ),
         started AS (
@@ -725,7 +725,7 @@ BEGIN
         UPDATE asyncjobs.runs r
            SET status = 'running', attempt = r.attempt + 1, started_at = t,
                worker_id = p_worker, lease_expires_at = t + p_lease
-         WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- see 0013
+         WHERE r.id = ANY (ARRAY(SELECT chosen.id FROM chosen))  -- by id: see 0013
         RETURNING r.*
     ),
     started AS (
@@ -793,5 +793,4 @@ INSERT INTO asyncjobs.schema_version (version, name) VALUES (9, 'scale_fixes');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (10, 'notify_results');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (11, 'key_rates');
 INSERT INTO asyncjobs.schema_version (version, name) VALUES (12, 'lean_runs');
-INSERT INTO asyncjobs.schema_version (version, name) VALUES (13, 'claim_by_id');
-INSERT INTO asyncjobs.schema_version (version, name) VALUES (14, 'async_claim');
+INSERT INTO asyncjobs.schema_version (version, name) VALUES (13, 'fast_claim');
